@@ -1,0 +1,121 @@
+package httpx
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/campaignd/dispatch/platform/errs"
+)
+
+// BindJSON decodes the request body into dst strictly: the content type must
+// be JSON, unknown fields and trailing data are rejected, and every decoding
+// problem becomes an INVALID_JSON error that names the offending field.
+func BindJSON(c echo.Context, dst any) error {
+	if err := RequireContentType(c, "application/json"); err != nil {
+		return err
+	}
+	dec := json.NewDecoder(c.Request().Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(dst); err != nil {
+		return decodeError(err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		if tooLarge(err) {
+			return decodeError(err)
+		}
+		return errs.InvalidJSON("request body must hold a single JSON value")
+	}
+	return nil
+}
+
+// RequireContentType rejects a request whose Content-Type is not one of want.
+func RequireContentType(c echo.Context, want ...string) error {
+	ct := c.Request().Header.Get(echo.HeaderContentType)
+	mt, _, err := mime.ParseMediaType(ct)
+	if err == nil {
+		for _, w := range want {
+			if strings.EqualFold(mt, w) {
+				return nil
+			}
+		}
+	}
+	if ct == "" {
+		ct = "none"
+	}
+	return errs.New(errs.KindUnsupportedMedia, errs.CodeUnsupportedMedia,
+		fmt.Sprintf("content type %s is not supported here; send %s", ct, strings.Join(want, " or ")))
+}
+
+func decodeError(err error) error {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case tooLarge(err):
+		return errs.New(errs.KindTooLarge, errs.CodeTooLarge, "request body is larger than the configured limit")
+	case errors.Is(err, io.EOF):
+		return errs.InvalidJSON("request body is empty; a JSON object is required")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return errs.InvalidJSON("request body is truncated JSON")
+	case errors.As(err, &syn):
+		return errs.InvalidJSON("malformed JSON at byte %d", syn.Offset)
+	case errors.As(err, &typ):
+		if typ.Field == "" {
+			return errs.InvalidJSON("request body must be a JSON %s, not %s", jsonKind(typ.Type.Kind().String()), typ.Value)
+		}
+		return errs.InvalidJSON("field %q must be %s, not %s", typ.Field, jsonKind(typ.Type.Kind().String()), typ.Value).
+			WithDetail("field", typ.Field)
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		field := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
+		return errs.InvalidJSON("unknown field %q", field).WithDetail("field", field)
+	}
+	return errs.InvalidJSON("invalid JSON: %v", err)
+}
+
+func tooLarge(err error) bool {
+	var mbe *http.MaxBytesError
+	return errors.As(err, &mbe)
+}
+
+func jsonKind(goKind string) string {
+	switch goKind {
+	case "int", "int8", "int16", "int32", "int64", "uint", "uint8", "uint16", "uint32", "uint64":
+		return "an integer"
+	case "float32", "float64":
+		return "a number"
+	case "string":
+		return "a string"
+	case "bool":
+		return "a boolean"
+	case "slice", "array":
+		return "an array"
+	case "struct", "map":
+		return "an object"
+	}
+	return "a " + goKind
+}
+
+// PathID parses the positive integer path parameter name.
+func PathID(c echo.Context, name string) (int64, error) {
+	raw := c.Param(name)
+	id, err := strconv.ParseInt(raw, 10, 64)
+	if err != nil || id <= 0 {
+		return 0, errs.Validation(name, "%s must be a positive integer, got %q", name, raw)
+	}
+	return id, nil
+}
+
+// IsJSON reports whether body looks like a JSON document (used to sniff
+// endpoints that take JSON or CSV).
+func IsJSON(body []byte) bool {
+	b := bytes.TrimLeft(body, " \t\r\n\ufeff")
+	return len(b) > 0 && (b[0] == '[' || b[0] == '{')
+}
