@@ -107,7 +107,7 @@ func jsonKind(goKind string) string {
 func PathID(c echo.Context, name string) (int64, error) {
 	raw := c.Param(name)
 	id, err := strconv.ParseInt(raw, 10, 64)
-	if err != nil || id <= 0 {
+	if err != nil || id <= 0 || strings.TrimLeft(raw, "0123456789") != "" {
 		return 0, errs.Validation(name, "%s must be a positive integer, got %q", name, raw)
 	}
 	return id, nil

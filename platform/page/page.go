@@ -23,6 +23,8 @@ import (
 const (
 	DefaultSize = 20
 	MaxSize     = 100
+	// MaxPage keeps (page-1)*size far from overflowing an OFFSET.
+	MaxPage = 1_000_000_000
 )
 
 // Request is a parsed page request. When AfterID is non-zero the request is a
@@ -77,8 +79,8 @@ func Parse(q url.Values, filters ...string) (Request, error) {
 	}
 	if v := q.Get("page"); v != "" {
 		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			return r, errs.Validation("page", "page must be an integer of at least 1, got %q", v)
+		if err != nil || n < 1 || n > MaxPage {
+			return r, errs.Validation("page", "page must be an integer from 1 to %d, got %q", MaxPage, v)
 		}
 		r.Page = n
 	}

@@ -1,0 +1,334 @@
+// Package campaign owns campaigns: a named message template sent over one
+// channel, optionally at a scheduled time. It validates and stores campaigns,
+// lists them with page-number or cursor pagination, reports per-campaign
+// delivery progress and renders personalised previews.
+//
+// The package does not import the other features. It declares what it needs
+// from them, [Templater] and [CustomerFinder], and the app wires the
+// messaging and customer features in.
+package campaign
+
+import (
+	"context"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/campaignd/dispatch/platform/errs"
+)
+
+// Limits on user input. The database mirrors them with CHECK constraints; the
+// service checks first so that a client gets a 400 naming the field rather
+// than a constraint violation.
+const (
+	MaxNameLen     = 200  // characters (Unicode code points), after trimming
+	MaxTemplateLen = 4096 // characters (Unicode code points)
+)
+
+// Channel is the network a campaign is delivered over.
+type Channel string
+
+const (
+	ChannelSMS      Channel = "sms"
+	ChannelWhatsApp Channel = "whatsapp"
+)
+
+// Valid reports whether c is a known channel (mirrors campaigns_channel_check).
+func (c Channel) Valid() bool {
+	return c == ChannelSMS || c == ChannelWhatsApp
+}
+
+// Status is where a campaign is in its life cycle:
+// draft → sending, scheduled → sending, sending → sent | failed.
+type Status string
+
+const (
+	StatusDraft     Status = "draft"
+	StatusScheduled Status = "scheduled"
+	StatusSending   Status = "sending"
+	StatusSent      Status = "sent"
+	StatusFailed    Status = "failed"
+)
+
+// Valid reports whether s is a known status (mirrors campaigns_status_check).
+func (s Status) Valid() bool {
+	switch s {
+	case StatusDraft, StatusScheduled, StatusSending, StatusSent, StatusFailed:
+		return true
+	}
+	return false
+}
+
+// Campaign is a stored campaign. Times are UTC; ScheduledAt is nil (JSON
+// null) for a campaign that is sent by hand.
+type Campaign struct {
+	ID           int64      `json:"id" db:"id"`
+	Name         string     `json:"name" db:"name"`
+	Channel      Channel    `json:"channel" db:"channel"`
+	Status       Status     `json:"status" db:"status"`
+	BaseTemplate string     `json:"base_template" db:"base_template"`
+	ScheduledAt  *time.Time `json:"scheduled_at" db:"scheduled_at"`
+	CreatedAt    time.Time  `json:"created_at" db:"created_at"`
+	UpdatedAt    time.Time  `json:"updated_at" db:"updated_at"`
+}
+
+// Summary is a campaign as a list shows it: without the template, which may be
+// several kilobytes and is not needed to pick a campaign from a list.
+type Summary struct {
+	ID          int64      `json:"id" db:"id"`
+	Name        string     `json:"name" db:"name"`
+	Channel     Channel    `json:"channel" db:"channel"`
+	Status      Status     `json:"status" db:"status"`
+	ScheduledAt *time.Time `json:"scheduled_at" db:"scheduled_at"`
+	CreatedAt   time.Time  `json:"created_at" db:"created_at"`
+}
+
+// Stats counts a campaign's outbound messages by status. Every field is always
+// present in JSON and Pending+Sending+Sent+Failed == Total.
+type Stats struct {
+	Total   int64 `json:"total"`
+	Pending int64 `json:"pending"`
+	Sending int64 `json:"sending"`
+	Sent    int64 `json:"sent"`
+	Failed  int64 `json:"failed"`
+}
+
+// Detail is a campaign with its delivery progress, the body of
+// GET /campaigns/{id}.
+type Detail struct {
+	Campaign
+	Stats Stats `json:"stats"`
+}
+
+// Filter narrows a list. A zero field does not filter.
+type Filter struct {
+	Channel Channel
+	Status  Status
+}
+
+// Domain errors. Compare with errors.Is: every "campaign N not found" made
+// from ErrNotFound with Withf matches it.
+var (
+	// ErrNotFound is returned for an id that names no campaign (404).
+	ErrNotFound = errs.New(errs.KindNotFound, "CAMPAIGN_NOT_FOUND", "campaign not found")
+	// ErrNotSendable is returned when a send is asked of a campaign that is
+	// not draft or scheduled (409); nothing changes.
+	ErrNotSendable = errs.New(errs.KindConflict, "CAMPAIGN_NOT_SENDABLE", "campaign is not draft or scheduled")
+)
+
+// Templater checks and renders message templates (messaging.Templates
+// implements it).
+type Templater interface {
+	// Check returns nil for a valid template. Any other result means the
+	// template is invalid; its text, meant for the person editing the
+	// template, already lists unknown placeholders.
+	Check(tmpl string) error
+	// Render fills tmpl's placeholders from fields keyed "first_name",
+	// "last_name", "location", "preferred_product" and "phone"; a missing or
+	// empty field renders as "". It fails exactly when Check does.
+	Render(tmpl string, fields map[string]string) (string, error)
+}
+
+// Contact is the customer data a preview shows and renders from.
+type Contact struct {
+	ID               int64  `json:"id"`
+	FirstName        string `json:"first_name"`
+	LastName         string `json:"last_name"`
+	Location         string `json:"location"`
+	PreferredProduct string `json:"preferred_product"`
+	Phone            string `json:"phone"`
+}
+
+// fields returns c keyed by placeholder name, the shape Templater.Render takes.
+func (c Contact) fields() map[string]string {
+	return map[string]string{
+		"first_name":        c.FirstName,
+		"last_name":         c.LastName,
+		"location":          c.Location,
+		"preferred_product": c.PreferredProduct,
+		"phone":             c.Phone,
+	}
+}
+
+// CustomerFinder looks up a customer. For an unknown id it returns an error
+// matching the customer feature's CUSTOMER_NOT_FOUND errs.Error, which is
+// passed to the client as is (404).
+type CustomerFinder interface {
+	Contact(ctx context.Context, id int64) (Contact, error)
+}
+
+// CreateInput is the body of POST /campaigns. ScheduledAt is kept as text so
+// that a malformed time is reported as a validation error naming the field,
+// not as undecodable JSON.
+type CreateInput struct {
+	Name         string  `json:"name"`
+	Channel      string  `json:"channel"`
+	BaseTemplate string  `json:"base_template"`
+	ScheduledAt  *string `json:"scheduled_at"`
+}
+
+// PreviewInput is the body of POST /campaigns/{id}/personalized-preview.
+// A nil OverrideTemplate (absent or JSON null) previews the campaign's own
+// template; a present one must be a valid template by the same rules as
+// base_template, so an empty string is a 400 rather than silently falling
+// back to the base template.
+type PreviewInput struct {
+	CustomerID       *int64  `json:"customer_id"`
+	OverrideTemplate *string `json:"override_template"`
+}
+
+// Preview is a template rendered for one customer, exactly as the worker
+// would render it.
+type Preview struct {
+	RenderedMessage string  `json:"rendered_message"`
+	UsedTemplate    string  `json:"used_template"`
+	Customer        Contact `json:"customer"`
+}
+
+// validateCreate checks in and returns the campaign to store, with the status
+// its schedule implies. The first invalid field, in body order, is reported
+// as a VALIDATION_ERROR naming it.
+func validateCreate(in CreateInput, now time.Time, check func(string) error) (Campaign, error) {
+	name, err := validateName(in.Name)
+	if err != nil {
+		return Campaign{}, err
+	}
+	channel, err := parseChannel("channel", in.Channel)
+	if err != nil {
+		return Campaign{}, err
+	}
+	if err := validateTemplate("base_template", in.BaseTemplate, check); err != nil {
+		return Campaign{}, err
+	}
+	at, status, err := parseSchedule(in.ScheduledAt, now)
+	if err != nil {
+		return Campaign{}, err
+	}
+	return Campaign{Name: name, Channel: channel, Status: status, BaseTemplate: in.BaseTemplate, ScheduledAt: at}, nil
+}
+
+// validateName returns name without surrounding whitespace, which is what is
+// stored: it must then hold 1 to MaxNameLen characters. Characters are counted
+// as Unicode code points, as PostgreSQL's char_length does, so an emoji is one.
+func validateName(name string) (string, error) {
+	if err := checkText("name", name); err != nil {
+		return "", err
+	}
+	name = strings.TrimSpace(name)
+	if name == "" {
+		return "", errs.Validation("name", "name is required and must not be blank")
+	}
+	if n := utf8.RuneCountInString(name); n > MaxNameLen {
+		return "", errs.Validation("name", "name must be at most %d characters, got %d", MaxNameLen, n)
+	}
+	return name, nil
+}
+
+// validateTemplate checks a template held in field (base_template or
+// override_template): not blank, at most MaxTemplateLen characters, and
+// accepted by check. The template is stored as given, whitespace included,
+// because the message is sent as written.
+func validateTemplate(field, tmpl string, check func(string) error) error {
+	if err := checkText(field, tmpl); err != nil {
+		return err
+	}
+	if strings.TrimSpace(tmpl) == "" {
+		return errs.Validation(field, "%s is required and must not be blank", field)
+	}
+	if n := utf8.RuneCountInString(tmpl); n > MaxTemplateLen {
+		return errs.Validation(field, "%s must be at most %d characters, got %d", field, MaxTemplateLen, n)
+	}
+	if err := check(tmpl); err != nil {
+		return errs.Validation(field, "%s is invalid: %s", field, err.Error()).WithDetail("problem", err.Error())
+	}
+	return nil
+}
+
+// checkText rejects text PostgreSQL cannot store in a text column (invalid
+// UTF-8, NUL), which would otherwise surface as a 500 from the insert. JSON
+// decoding already replaces invalid UTF-8, so this guards other callers.
+func checkText(field, s string) error {
+	if !utf8.ValidString(s) {
+		return errs.Validation(field, "%s must be valid UTF-8", field)
+	}
+	if strings.IndexByte(s, 0) >= 0 {
+		return errs.Validation(field, "%s must not contain the NUL character", field)
+	}
+	return nil
+}
+
+// parseChannel parses a channel given in field (the body's channel or the
+// list's channel query parameter).
+func parseChannel(field, s string) (Channel, error) {
+	c := Channel(s)
+	if !c.Valid() {
+		return "", errs.Validation(field, "%s must be %q or %q, got %q", field, ChannelSMS, ChannelWhatsApp, s)
+	}
+	return c, nil
+}
+
+// parseStatus parses a status given in field.
+func parseStatus(field, s string) (Status, error) {
+	st := Status(s)
+	if !st.Valid() {
+		return "", errs.Validation(field, "%s must be one of draft, scheduled, sending, sent, failed, got %q", field, s)
+	}
+	return st, nil
+}
+
+// parseSchedule turns the optional scheduled_at into the time to store (UTC)
+// and the initial status: absent or null → draft with no time; strictly after
+// now → scheduled. A time at or before now is rejected, since the scheduler
+// would send it at once, which is what a manual send is for.
+func parseSchedule(raw *string, now time.Time) (*time.Time, Status, error) {
+	if raw == nil {
+		return nil, StatusDraft, nil
+	}
+	t, err := time.Parse(time.RFC3339, *raw)
+	if err != nil {
+		return nil, "", errs.Validation("scheduled_at",
+			"scheduled_at must be an RFC 3339 time such as 2030-01-02T15:04:05Z, got %q", *raw)
+	}
+	if !t.After(now) {
+		return nil, "", errs.Validation("scheduled_at", "scheduled_at must be in the future, got %s (now %s)",
+			t.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
+	}
+	t = t.UTC()
+	return &t, StatusScheduled, nil
+}
+
+// parseFilter reads the list filters channel and status; an empty value does
+// not filter, an unknown one is a 400 naming the parameter.
+func parseFilter(channel, status string) (Filter, error) {
+	var f Filter
+	var err error
+	if channel != "" {
+		if f.Channel, err = parseChannel("channel", channel); err != nil {
+			return Filter{}, err
+		}
+	}
+	if status != "" {
+		if f.Status, err = parseStatus("status", status); err != nil {
+			return Filter{}, err
+		}
+	}
+	return f, nil
+}
+
+// validatePreview checks a preview request and returns the customer id and
+// the override template ("" with ok false when the campaign's own is used).
+func validatePreview(in PreviewInput, check func(string) error) (customerID int64, override string, ok bool, err error) {
+	if in.CustomerID == nil {
+		return 0, "", false, errs.Validation("customer_id", "customer_id is required")
+	}
+	if *in.CustomerID <= 0 {
+		return 0, "", false, errs.Validation("customer_id", "customer_id must be a positive integer, got %d", *in.CustomerID)
+	}
+	if in.OverrideTemplate == nil {
+		return *in.CustomerID, "", false, nil
+	}
+	if err := validateTemplate("override_template", *in.OverrideTemplate, check); err != nil {
+		return 0, "", false, err
+	}
+	return *in.CustomerID, *in.OverrideTemplate, true, nil
+}

@@ -1,0 +1,124 @@
+package campaign
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/campaignd/dispatch/platform/page"
+)
+
+// Service is the campaign use cases: validation, storage and previews. Its
+// errors are errs.Error values (VALIDATION_ERROR naming the field,
+// CAMPAIGN_NOT_FOUND, the customer feature's CUSTOMER_NOT_FOUND, UNAVAILABLE)
+// or wrapped internal errors. It is safe for concurrent use.
+type Service struct {
+	repo      *Repo
+	tpl       Templater
+	customers CustomerFinder
+	now       func() time.Time
+}
+
+// NewService returns a Service. now is the clock that decides whether a
+// scheduled_at lies in the future; nil means time.Now. Tests pass a fixed one.
+func NewService(repo *Repo, tpl Templater, customers CustomerFinder, now func() time.Time) *Service {
+	if now == nil {
+		now = time.Now
+	}
+	return &Service{repo: repo, tpl: tpl, customers: customers, now: now}
+}
+
+// Create validates in and stores the campaign: status scheduled when
+// scheduled_at is in the future, draft when it is absent. The name is stored
+// without surrounding whitespace; the template exactly as given.
+func (s *Service) Create(ctx context.Context, in CreateInput) (Campaign, error) {
+	c, err := validateCreate(in, s.now(), s.tpl.Check)
+	if err != nil {
+		return Campaign{}, err
+	}
+	return s.repo.Create(ctx, c)
+}
+
+// Get returns campaign id with its message counts, or ErrNotFound.
+func (s *Service) Get(ctx context.Context, id int64) (Detail, error) {
+	c, err := s.repo.Get(ctx, id)
+	if err != nil {
+		return Detail{}, err
+	}
+	st, err := s.repo.Stats(ctx, id)
+	if err != nil {
+		return Detail{}, err
+	}
+	return Detail{Campaign: c, Stats: st}, nil
+}
+
+// List returns one page of the campaigns matching f, newest first. req comes
+// from page.Parse with f's channel and status as its filters, in that order,
+// so that a cursor only continues the list it was issued for. Data is never
+// nil, so an empty page is JSON [].
+func (s *Service) List(ctx context.Context, f Filter, req page.Request) (page.List[Summary], error) {
+	q := ListQuery{Filter: f, AfterID: req.AfterID, Offset: offset(req), Limit: req.Size + 1}
+	items, total, err := s.repo.List(ctx, q)
+	if err != nil {
+		return page.List[Summary]{}, err
+	}
+	// One row more than the page was fetched to learn whether another page
+	// follows without a second query.
+	hasMore := len(items) > req.Size
+	if hasMore {
+		items = items[:req.Size]
+	}
+	var lastID int64
+	if len(items) > 0 {
+		lastID = items[len(items)-1].ID
+	}
+	return page.List[Summary]{Data: items, Pagination: req.Info(total, lastID, hasMore)}, nil
+}
+
+// offset is req's row offset, computed without overflow: page.Request.Offset
+// multiplies in int, which wraps for absurd page numbers and would give
+// PostgreSQL a negative OFFSET. Such a page lies past the end of any list, so
+// the largest offset PostgreSQL accepts gives the right (empty) answer.
+func offset(req page.Request) int64 {
+	if req.AfterID != 0 || req.Page <= 1 {
+		return 0
+	}
+	pages, size := int64(req.Page-1), int64(req.Size)
+	if pages > math.MaxInt64/size {
+		return math.MaxInt64
+	}
+	return pages * size
+}
+
+// Preview renders the campaign's template, or in's override, for one
+// customer, exactly as delivery would. The request is validated first
+// (customer_id, override_template), then the campaign (ErrNotFound) and the
+// customer (the finder's CUSTOMER_NOT_FOUND) are looked up. The override is
+// only rendered, never stored.
+func (s *Service) Preview(ctx context.Context, id int64, in PreviewInput) (Preview, error) {
+	customerID, override, hasOverride, err := validatePreview(in, s.tpl.Check)
+	if err != nil {
+		return Preview{}, err
+	}
+	c, err := s.repo.Get(ctx, id)
+	if err != nil {
+		return Preview{}, err
+	}
+	contact, err := s.customers.Contact(ctx, customerID)
+	if err != nil {
+		return Preview{}, fmt.Errorf("preview campaign %d: customer %d: %w", id, customerID, err)
+	}
+	tmpl := c.BaseTemplate
+	if hasOverride {
+		tmpl = override
+	}
+	// Both templates passed Check (the base one when it was stored), and
+	// Render fails exactly when Check does, so an error here is a bug or a
+	// change of template rules, reported as an internal error.
+	msg, err := s.tpl.Render(tmpl, contact.fields())
+	if err != nil {
+		return Preview{}, fmt.Errorf("preview campaign %d: render: %w", id, err)
+	}
+	return Preview{RenderedMessage: msg, UsedTemplate: tmpl, Customer: contact}, nil
+}

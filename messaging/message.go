@@ -1,0 +1,77 @@
+package messaging
+
+import (
+	"time"
+
+	"github.com/campaignd/dispatch/platform/errs"
+)
+
+// Status is a message's delivery state.
+//
+//	pending → sending → sent
+//	sending → pending   (a retry is scheduled, or delivery was abandoned at shutdown)
+//	sending → failed    (last attempt failed, or the error was permanent)
+type Status string
+
+const (
+	StatusPending Status = "pending"
+	StatusSending Status = "sending"
+	StatusSent    Status = "sent"
+	StatusFailed  Status = "failed"
+)
+
+// Valid reports whether s is a known status.
+func (s Status) Valid() bool {
+	switch s {
+	case StatusPending, StatusSending, StatusSent, StatusFailed:
+		return true
+	}
+	return false
+}
+
+// Final reports whether no further delivery will be attempted.
+func (s Status) Final() bool { return s == StatusSent || s == StatusFailed }
+
+// Message is one outbound message as stored.
+type Message struct {
+	ID              int64      `db:"id" json:"id"`
+	CampaignID      int64      `db:"campaign_id" json:"campaign_id"`
+	CustomerID      int64      `db:"customer_id" json:"customer_id"`
+	Status          Status     `db:"status" json:"status"`
+	RenderedContent *string    `db:"rendered_content" json:"rendered_content"`
+	LastError       *string    `db:"last_error" json:"last_error"`
+	RetryCount      int        `db:"retry_count" json:"retry_count"`
+	NextAttemptAt   *time.Time `db:"next_attempt_at" json:"next_attempt_at"`
+	CreatedAt       time.Time  `db:"created_at" json:"created_at"`
+	UpdatedAt       time.Time  `db:"updated_at" json:"updated_at"`
+}
+
+// Job is a claimed message with everything needed to deliver it, loaded in
+// the claim's single query.
+type Job struct {
+	ID         int64  `db:"id"`
+	CampaignID int64  `db:"campaign_id"`
+	RetryCount int    `db:"retry_count"` // failed attempts before this one
+	Channel    string `db:"channel"`
+	Template   string `db:"base_template"`
+	Phone      string `db:"phone"`
+	FirstName  string `db:"first_name"`
+	LastName   string `db:"last_name"`
+	Location   string `db:"location"`
+	Product    string `db:"preferred_product"`
+}
+
+// Fields returns the template fields of the job's customer.
+func (j Job) Fields() map[string]string {
+	return map[string]string{
+		"first_name":        j.FirstName,
+		"last_name":         j.LastName,
+		"location":          j.Location,
+		"preferred_product": j.Product,
+		"phone":             j.Phone,
+	}
+}
+
+// ErrUnknownCustomers is returned by CreateMessages when customer ids do
+// not exist; details.missing_ids lists the first 100.
+var ErrUnknownCustomers = errs.New(errs.KindUnprocessable, "UNKNOWN_CUSTOMERS", "some customers do not exist")

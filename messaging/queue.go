@@ -1,0 +1,313 @@
+package messaging
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/campaignd/dispatch/platform/redisx"
+)
+
+// RedisQueue is the job queue: message ids in Redis. PostgreSQL stays the
+// source of truth; the queue only carries work, and everything it holds can
+// be rebuilt from the outbound_messages table.
+//
+// Keys, all under the configured prefix and queue name Q:
+//
+//	Q                     list: ids ready to deliver (LPUSH in, taken from the right: FIFO)
+//	Q:processing:<id>     list: ids a consumer took and has not acknowledged yet
+//	Q:consumers           zset: consumer id → last heartbeat (unix ms)
+//	Q:delayed             zset: id → due time (unix ms), retries waiting for their backoff
+//	Q:dead                list: ids that failed for good (dead letters)
+//	Q:epoch               string: present while Redis still holds the queue's data
+//
+// A consumer moves ids atomically from Q into its own processing list, and
+// removes them only after the database holds their outcome, so a consumer
+// that dies loses nothing: once its heartbeat is older than the consumer TTL,
+// any replica's reaper moves its processing list back onto Q.
+type RedisQueue struct {
+	rdb  *redis.Client
+	keys queueKeys
+}
+
+type queueKeys struct {
+	ready, consumers, delayed, dead, epoch string
+	processingPrefix                       string
+}
+
+// NewRedisQueue returns the queue named name under prefix.
+func NewRedisQueue(rdb *redis.Client, prefix, name string) *RedisQueue {
+	k := redisx.Keys{Prefix: prefix}
+	q := k.Key(name)
+	return &RedisQueue{rdb: rdb, keys: queueKeys{
+		ready:            q,
+		consumers:        q + ":consumers",
+		delayed:          q + ":delayed",
+		dead:             q + ":dead",
+		epoch:            q + ":epoch",
+		processingPrefix: q + ":processing:",
+	}}
+}
+
+// pushChunk bounds one LPUSH's arguments; chunks go out in one pipeline, so
+// 100,000 ids cost one round trip.
+const pushChunk = 1000
+
+// Push appends ids to the ready list.
+func (q *RedisQueue) Push(ctx context.Context, ids []int64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	_, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for start := 0; start < len(ids); start += pushChunk {
+			end := min(start+pushChunk, len(ids))
+			args := make([]any, 0, end-start)
+			for _, id := range ids[start:end] {
+				args = append(args, id)
+			}
+			p.LPush(ctx, q.keys.ready, args...)
+		}
+		return nil
+	})
+	return redisx.Classify(err, "push jobs")
+}
+
+// moveBatch moves up to ARGV[1] ids from the ready list into a processing
+// list in one atomic step, oldest first.
+var moveBatch = redis.NewScript(`
+local out = {}
+for i = 1, tonumber(ARGV[1]) do
+  local v = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  if not v then break end
+  out[#out + 1] = v
+end
+return out
+`)
+
+// Fetch moves up to max ids into consumer's processing list and returns
+// them. When the ready list is empty it blocks for at most wait, then
+// returns nothing; a short wait keeps shutdown prompt.
+func (q *RedisQueue) Fetch(ctx context.Context, consumer string, max int, wait time.Duration) ([]int64, error) {
+	proc := q.keys.processingPrefix + consumer
+	vals, err := moveBatch.Run(ctx, q.rdb, []string{q.keys.ready, proc}, max).StringSlice()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, redisx.Classify(err, "fetch jobs")
+	}
+	if len(vals) == 0 {
+		v, err := q.rdb.BLMove(ctx, q.keys.ready, proc, "RIGHT", "LEFT", wait).Result()
+		if errors.Is(err, redis.Nil) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, redisx.Classify(err, "wait for jobs")
+		}
+		vals = []string{v}
+	}
+	ids := make([]int64, 0, len(vals))
+	for _, v := range vals {
+		id, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			// Not ours; drop it so it cannot wedge the consumer.
+			q.rdb.LRem(ctx, proc, 1, v)
+			continue
+		}
+		ids = append(ids, id)
+	}
+	return ids, nil
+}
+
+// Settlement is what to do with a batch of jobs once the database holds
+// their outcome.
+type Settlement struct {
+	Done    []int64             // finished (sent, failed, or nothing to do): acknowledge
+	Delay   map[int64]time.Time // come back at the given time (retry backoff, not yet due)
+	Dead    []int64             // failed for good: acknowledge and record as dead letters
+	Requeue []int64             // not attempted (shutdown): back to the front of the ready list
+}
+
+func (s Settlement) empty() bool {
+	return len(s.Done) == 0 && len(s.Delay) == 0 && len(s.Dead) == 0 && len(s.Requeue) == 0
+}
+
+// Settle applies s for consumer in one MULTI, so a job is never both
+// acknowledged and lost: it leaves the processing list in the same step as
+// it enters the delayed set, the dead-letter list or the ready list.
+func (q *RedisQueue) Settle(ctx context.Context, consumer string, s Settlement) error {
+	if s.empty() {
+		return nil
+	}
+	proc := q.keys.processingPrefix + consumer
+	_, err := q.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		for _, id := range s.Done {
+			p.LRem(ctx, proc, 1, id)
+		}
+		for id, at := range s.Delay {
+			p.ZAdd(ctx, q.keys.delayed, redis.Z{Score: float64(at.UnixMilli()), Member: id})
+			p.LRem(ctx, proc, 1, id)
+		}
+		for _, id := range s.Dead {
+			p.LPush(ctx, q.keys.dead, id)
+			p.LRem(ctx, proc, 1, id)
+		}
+		for _, id := range s.Requeue {
+			p.RPush(ctx, q.keys.ready, id)
+			p.LRem(ctx, proc, 1, id)
+		}
+		return nil
+	})
+	return redisx.Classify(err, "settle jobs")
+}
+
+// promoteDue moves up to ARGV[2] delayed ids whose due time is at or before
+// ARGV[1] onto the ready list, atomically, so several replicas promoting at
+// once never push an id twice.
+var promoteDue = redis.NewScript(`
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+if #ids > 0 then
+  redis.call('LPUSH', KEYS[2], unpack(ids))
+  redis.call('ZREM', KEYS[1], unpack(ids))
+end
+return #ids
+`)
+
+// PromoteDue moves retries that are due onto the ready list and returns how
+// many it moved (at most 1,000 a call).
+func (q *RedisQueue) PromoteDue(ctx context.Context, now time.Time) (int, error) {
+	n, err := promoteDue.Run(ctx, q.rdb, []string{q.keys.delayed, q.keys.ready}, now.UnixMilli(), 1000).Int()
+	return n, redisx.Classify(err, "promote due retries")
+}
+
+// Heartbeat records that consumer is alive.
+func (q *RedisQueue) Heartbeat(ctx context.Context, consumer string, now time.Time) error {
+	err := q.rdb.ZAdd(ctx, q.keys.consumers, redis.Z{Score: float64(now.UnixMilli()), Member: consumer}).Err()
+	return redisx.Classify(err, "heartbeat")
+}
+
+// reclaim moves a dead consumer's processing list back to the front of the
+// ready list (its jobs were taken first, so they go first) and forgets the
+// consumer, unless its heartbeat became fresh meanwhile.
+var reclaim = redis.NewScript(`
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) > tonumber(ARGV[2]) then return -1 end
+local n = 0
+while redis.call('LMOVE', KEYS[2], KEYS[3], 'LEFT', 'RIGHT') do n = n + 1 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+return n
+`)
+
+// ReapDead returns the jobs of every consumer whose last heartbeat is older
+// than cutoff to the ready list. It returns how many jobs it moved.
+func (q *RedisQueue) ReapDead(ctx context.Context, cutoff time.Time) (int, error) {
+	dead, err := q.rdb.ZRangeByScore(ctx, q.keys.consumers, &redis.ZRangeBy{
+		Min: "-inf", Max: strconv.FormatInt(cutoff.UnixMilli(), 10),
+	}).Result()
+	if err != nil {
+		return 0, redisx.Classify(err, "list consumers")
+	}
+	moved := 0
+	for _, c := range dead {
+		n, err := q.release(ctx, c, cutoff)
+		if err != nil {
+			return moved, err
+		}
+		moved += n
+	}
+	return moved, nil
+}
+
+// Release returns everything consumer still holds to the ready list and
+// forgets the consumer. A pool calls it as the last step of shutdown.
+func (q *RedisQueue) Release(ctx context.Context, consumer string) (int, error) {
+	return q.release(ctx, consumer, time.Now().Add(time.Hour))
+}
+
+func (q *RedisQueue) release(ctx context.Context, consumer string, cutoff time.Time) (int, error) {
+	n, err := reclaim.Run(ctx, q.rdb,
+		[]string{q.keys.consumers, q.keys.processingPrefix + consumer, q.keys.ready},
+		consumer, cutoff.UnixMilli()).Int()
+	if err != nil {
+		return 0, redisx.Classify(err, "reclaim jobs of consumer "+consumer)
+	}
+	return max(n, 0), nil
+}
+
+// EnsureEpoch reports whether the queue's data was lost since the last
+// call (Redis flushed, or restarted without persistence): it sets the epoch
+// marker if it is missing and returns true when it had to. The first start
+// against an empty Redis also returns true, which is right: nothing the
+// database considers queued is in Redis.
+func (q *RedisQueue) EnsureEpoch(ctx context.Context) (bool, error) {
+	ok, err := q.rdb.SetNX(ctx, q.keys.epoch, time.Now().UTC().Format(time.RFC3339Nano), 0).Result()
+	return ok, redisx.Classify(err, "check queue epoch")
+}
+
+// Depths counts the jobs in each part of the queue.
+type Depths struct {
+	Ready      int64 `json:"ready"`
+	Processing int64 `json:"processing"`
+	Delayed    int64 `json:"delayed"`
+	Dead       int64 `json:"dead_letter"`
+	Consumers  int64 `json:"consumers"`
+}
+
+// Depths reads the queue's sizes in one round trip plus one per consumer.
+func (q *RedisQueue) Depths(ctx context.Context) (Depths, error) {
+	var d Depths
+	var ready, delayed, dead *redis.IntCmd
+	var consumers *redis.StringSliceCmd
+	_, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		ready = p.LLen(ctx, q.keys.ready)
+		delayed = p.ZCard(ctx, q.keys.delayed)
+		dead = p.LLen(ctx, q.keys.dead)
+		consumers = p.ZRange(ctx, q.keys.consumers, 0, -1)
+		return nil
+	})
+	if err != nil {
+		return d, redisx.Classify(err, "queue depths")
+	}
+	d.Ready, d.Delayed, d.Dead = ready.Val(), delayed.Val(), dead.Val()
+	d.Consumers = int64(len(consumers.Val()))
+	if len(consumers.Val()) > 0 {
+		cmds, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, c := range consumers.Val() {
+				p.LLen(ctx, q.keys.processingPrefix+c)
+			}
+			return nil
+		})
+		if err != nil {
+			return d, redisx.Classify(err, "processing depth")
+		}
+		for _, c := range cmds {
+			d.Processing += c.(*redis.IntCmd).Val()
+		}
+	}
+	return d, nil
+}
+
+// DeadLetters returns up to n dead-letter ids, newest first.
+func (q *RedisQueue) DeadLetters(ctx context.Context, n int64) ([]int64, error) {
+	vals, err := q.rdb.LRange(ctx, q.keys.dead, 0, n-1).Result()
+	if err != nil {
+		return nil, redisx.Classify(err, "read dead letters")
+	}
+	ids := make([]int64, 0, len(vals))
+	for _, v := range vals {
+		if id, err := strconv.ParseInt(v, 10, 64); err == nil {
+			ids = append(ids, id)
+		}
+	}
+	return ids, nil
+}
+
+// NewConsumerID names one pool's processing list: unique per process start.
+func NewConsumerID(host string) string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return fmt.Sprintf("%s-%s", host, hex.EncodeToString(b))
+}

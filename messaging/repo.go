@@ -1,0 +1,306 @@
+package messaging
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
+
+	"github.com/campaignd/dispatch/platform/postgres"
+)
+
+// Repo is the outbound_messages table's only writer.
+type Repo struct {
+	db *sqlx.DB
+}
+
+// NewRepo returns a Repo over db.
+func NewRepo(db *sqlx.DB) *Repo { return &Repo{db: db} }
+
+// Customer existence is checked by reading the customers table (owned by
+// the customer feature) in the send's own transaction: one set query instead
+// of a call per id, and no window between the check and the insert.
+const missingCustomersSQL = `
+SELECT u.id
+FROM unnest($1::bigint[]) AS u(id)
+WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.id = u.id)
+ORDER BY u.id
+LIMIT 100`
+
+const insertMessagesSQL = `
+INSERT INTO outbound_messages (campaign_id, customer_id)
+SELECT $1, u.id FROM unnest($2::bigint[]) AS u(id)
+RETURNING id`
+
+const insertBatchSQL = `
+INSERT INTO dispatch_batches (campaign_id, messages) VALUES ($1, $2) RETURNING id`
+
+// Batch is the result of CreateMessages: the new message ids and the
+// dispatch batch that records whether they reached the queue.
+type Batch struct {
+	ID         int64
+	CampaignID int64
+	MessageIDs []int64
+}
+
+// CreateMessages inserts one pending message per customer id, with one
+// statement, inside tx (the caller's send transaction, which also moves the
+// campaign to sending, so both commit or neither does). customerIDs must be
+// free of duplicates. Unknown ids give ErrUnknownCustomers listing them, and
+// nothing is inserted.
+func (r *Repo) CreateMessages(ctx context.Context, tx *sqlx.Tx, campaignID int64, customerIDs []int64) (Batch, error) {
+	b := Batch{CampaignID: campaignID}
+	var missing []int64
+	if err := tx.SelectContext(ctx, &missing, missingCustomersSQL, pq.Array(customerIDs)); err != nil {
+		return b, postgres.Classify(err, "check customers")
+	}
+	if len(missing) > 0 {
+		return b, ErrUnknownCustomers.
+			Withf("%d of the customer ids do not exist (first: %d); nothing was sent", countMissing(ctx, tx, customerIDs, len(missing)), missing[0]).
+			WithDetail("missing_ids", missing)
+	}
+	if err := tx.SelectContext(ctx, &b.MessageIDs, insertMessagesSQL, campaignID, pq.Array(customerIDs)); err != nil {
+		return b, postgres.Classify(err, "insert messages")
+	}
+	if err := tx.GetContext(ctx, &b.ID, insertBatchSQL, campaignID, len(b.MessageIDs)); err != nil {
+		return b, postgres.Classify(err, "insert dispatch batch")
+	}
+	return b, nil
+}
+
+// countMissing counts every unknown id when the first page was full, so the
+// message can say "1,234 ids do not exist" rather than "at least 100".
+func countMissing(ctx context.Context, tx *sqlx.Tx, ids []int64, seen int) int {
+	if seen < 100 {
+		return seen
+	}
+	var n int
+	err := tx.GetContext(ctx, &n, `
+SELECT count(*) FROM unnest($1::bigint[]) AS u(id)
+WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.id = u.id)`, pq.Array(ids))
+	if err != nil {
+		return seen
+	}
+	return n
+}
+
+// MarkPushed records that a batch's ids are in the queue.
+func (r *Repo) MarkPushed(ctx context.Context, batchID int64) error {
+	_, err := r.db.ExecContext(ctx, `UPDATE dispatch_batches SET pushed_at = now() WHERE id = $1 AND pushed_at IS NULL`, batchID)
+	return postgres.Classify(err, "mark batch pushed")
+}
+
+// The claim takes pending messages that are due, and messages left in
+// sending for longer than the lease (their worker died mid-delivery), and
+// loads everything delivery needs in the same statement. It reads campaigns
+// and customers (owned by other features) in a join because it runs once per
+// batch on the hottest path.
+const claimSQL = `
+WITH claimed AS (
+    UPDATE outbound_messages m
+    SET status = 'sending', updated_at = now()
+    WHERE m.id = ANY($1::bigint[])
+      AND ((m.status = 'pending' AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now()))
+        OR (m.status = 'sending' AND m.updated_at < now() - $2::interval))
+    RETURNING m.id, m.campaign_id, m.customer_id, m.retry_count
+)
+SELECT c.id, c.campaign_id, c.retry_count, k.channel, k.base_template,
+       u.phone, u.first_name, u.last_name, u.location, u.preferred_product
+FROM claimed c
+JOIN campaigns k ON k.id = c.campaign_id
+JOIN customers u ON u.id = c.customer_id`
+
+// Unclaimed explains why a fetched job was not claimed.
+type Unclaimed struct {
+	ID int64
+	// RetryAt is when the job may be claimed (a retry not yet due, or a
+	// message another worker is delivering); zero means there is nothing
+	// left to do (final, or the message no longer exists).
+	RetryAt time.Time
+}
+
+const unclaimedSQL = `
+SELECT u.id,
+       CASE
+         WHEN m.status = 'pending' THEN coalesce(m.next_attempt_at, now())
+         WHEN m.status = 'sending' THEN m.updated_at + $2::interval
+       END AS retry_at
+FROM unnest($1::bigint[]) AS u(id)
+LEFT JOIN outbound_messages m ON m.id = u.id`
+
+// Claim moves the given messages to sending and returns them as jobs, plus
+// what to do with the ids it could not claim. Claiming is a guarded update,
+// so a job delivered twice (redelivery after a crash, a sweep) is claimed by
+// one worker only.
+func (r *Repo) Claim(ctx context.Context, ids []int64, lease time.Duration) ([]Job, []Unclaimed, error) {
+	var jobs []Job
+	if err := r.db.SelectContext(ctx, &jobs, claimSQL, pq.Array(ids), pgInterval(lease)); err != nil {
+		return nil, nil, postgres.Classify(err, "claim messages")
+	}
+	if len(jobs) == len(ids) {
+		return jobs, nil, nil
+	}
+	got := make(map[int64]bool, len(jobs))
+	for _, j := range jobs {
+		got[j.ID] = true
+	}
+	rest := make([]int64, 0, len(ids)-len(jobs))
+	for _, id := range ids {
+		if !got[id] {
+			rest = append(rest, id)
+		}
+	}
+	rows, err := r.db.QueryContext(ctx, unclaimedSQL, pq.Array(rest), pgInterval(lease))
+	if err != nil {
+		return nil, nil, postgres.Classify(err, "inspect unclaimed messages")
+	}
+	defer rows.Close()
+	var out []Unclaimed
+	for rows.Next() {
+		var u Unclaimed
+		var at sql.NullTime
+		if err := rows.Scan(&u.ID, &at); err != nil {
+			return nil, nil, postgres.Classify(err, "scan unclaimed message")
+		}
+		if at.Valid {
+			u.RetryAt = at.Time
+		}
+		out = append(out, u)
+	}
+	return jobs, out, postgres.Classify(rows.Err(), "read unclaimed messages")
+}
+
+// Outcome is the result of one delivery attempt.
+type Outcome struct {
+	ID int64
+	// Status is sent, failed (for good), or pending (retry at NextAttemptAt,
+	// or, with Attempted false, delivery abandoned at shutdown).
+	Status        Status
+	Content       string // rendered text; stored when sent
+	Error         string
+	Attempted     bool // counts as a failed attempt (retry_count + 1)
+	NextAttemptAt time.Time
+}
+
+const recordSQL = `
+UPDATE outbound_messages m
+SET status = v.status,
+    rendered_content = CASE WHEN v.status = 'sent' THEN v.content ELSE m.rendered_content END,
+    last_error = CASE WHEN v.err = '' THEN m.last_error ELSE v.err END,
+    retry_count = m.retry_count + CASE WHEN v.attempted AND v.status <> 'sent' THEN 1 ELSE 0 END,
+    next_attempt_at = v.next_at,
+    updated_at = now()
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::timestamptz[])
+     AS v(id, status, content, err, attempted, next_at)
+WHERE m.id = v.id AND m.status = 'sending'`
+
+// Record stores a batch of outcomes with one statement. The update is
+// guarded by status = 'sending', so an outcome for a message that was
+// meanwhile finished elsewhere changes nothing.
+func (r *Repo) Record(ctx context.Context, outcomes []Outcome) error {
+	n := len(outcomes)
+	ids := make([]int64, n)
+	statuses := make([]string, n)
+	contents := make([]string, n)
+	errsText := make([]string, n)
+	attempted := make([]bool, n)
+	next := make([]*time.Time, n)
+	for i, o := range outcomes {
+		ids[i], statuses[i], contents[i], errsText[i], attempted[i] = o.ID, string(o.Status), o.Content, o.Error, o.Attempted
+		if !o.NextAttemptAt.IsZero() {
+			t := o.NextAttemptAt.UTC()
+			next[i] = &t
+		}
+	}
+	_, err := r.db.ExecContext(ctx, recordSQL, pq.Array(ids), pq.Array(statuses), pq.Array(contents),
+		pq.Array(errsText), pq.Array(attempted), pq.Array(timeArray(next)))
+	return postgres.Classify(err, "record outcomes")
+}
+
+// timeArray renders nullable times as a text array PostgreSQL casts to
+// timestamptz[] (pq.Array has no support for []*time.Time).
+func timeArray(ts []*time.Time) []sql.NullString {
+	out := make([]sql.NullString, len(ts))
+	for i, t := range ts {
+		if t != nil {
+			out[i] = sql.NullString{String: t.Format(time.RFC3339Nano), Valid: true}
+		}
+	}
+	return out
+}
+
+// Get returns one message.
+func (r *Repo) Get(ctx context.Context, id int64) (Message, error) {
+	var m Message
+	err := r.db.GetContext(ctx, &m, `
+SELECT id, campaign_id, customer_id, status, rendered_content, last_error, retry_count,
+       next_attempt_at, created_at, updated_at
+FROM outbound_messages WHERE id = $1`, id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return m, fmt.Errorf("message %d: not found", id)
+	}
+	return m, postgres.Classify(err, "get message")
+}
+
+// ActiveIDs pages through the ids of messages that should be moving
+// (pending or sending), in id order after afterID. campaignID 0 means all
+// campaigns. Used to rebuild the queue from the database.
+func (r *Repo) ActiveIDs(ctx context.Context, campaignID, afterID int64, limit int) ([]int64, error) {
+	var ids []int64
+	err := r.db.SelectContext(ctx, &ids, `
+SELECT id FROM outbound_messages
+WHERE status IN ('pending', 'sending') AND id > $1 AND ($2 = 0 OR campaign_id = $2)
+ORDER BY id
+LIMIT $3`, afterID, campaignID, limit)
+	return ids, postgres.Classify(err, "list active messages")
+}
+
+// UnpushedBatches returns batches created before cutoff whose ids never
+// reached the queue.
+func (r *Repo) UnpushedBatches(ctx context.Context, cutoff time.Time) ([]Batch, error) {
+	var rows []struct {
+		ID         int64 `db:"id"`
+		CampaignID int64 `db:"campaign_id"`
+	}
+	err := r.db.SelectContext(ctx, &rows, `
+SELECT id, campaign_id FROM dispatch_batches
+WHERE pushed_at IS NULL AND created_at < $1
+ORDER BY id LIMIT 100`, cutoff)
+	if err != nil {
+		return nil, postgres.Classify(err, "list unpushed batches")
+	}
+	out := make([]Batch, len(rows))
+	for i, r := range rows {
+		out[i] = Batch{ID: r.ID, CampaignID: r.CampaignID}
+	}
+	return out, nil
+}
+
+// TouchStale marks up to limit messages that should be moving but have not
+// changed since cutoff as touched now (a sending one, long past any lease,
+// goes back to pending) and returns their ids: the last-resort sweep
+// re-queues them, and the touch keeps the next sweep from re-queueing them
+// again at once.
+func (r *Repo) TouchStale(ctx context.Context, cutoff time.Time, limit int) ([]int64, error) {
+	var ids []int64
+	err := r.db.SelectContext(ctx, &ids, `
+UPDATE outbound_messages SET updated_at = now(), status = 'pending'
+WHERE id IN (
+    SELECT id FROM outbound_messages
+    WHERE status IN ('pending', 'sending') AND updated_at < $1
+      AND (next_attempt_at IS NULL OR next_attempt_at < $1)
+    ORDER BY updated_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED)
+  AND status IN ('pending', 'sending')
+RETURNING id`, cutoff, limit)
+	return ids, postgres.Classify(err, "touch stale messages")
+}
+
+func pgInterval(d time.Duration) string {
+	return fmt.Sprintf("%d milliseconds", d.Milliseconds())
+}
