@@ -27,6 +27,31 @@ func (h *Handler) Register(e *echo.Echo) {
 	e.GET("/campaigns", h.list)
 	e.GET("/campaigns/:id", h.get)
 	e.POST("/campaigns/:id/personalized-preview", h.preview)
+	if h.svc.dispatcher != nil {
+		e.POST("/campaigns/:id/send", h.send)
+	}
+}
+
+// send serves POST /campaigns/{id}/send: 202 once the messages are stored
+// and queued. A repeated Idempotency-Key replays the first response.
+func (h *Handler) send(c echo.Context) error {
+	id, err := httpx.PathID(c, "id")
+	if err != nil {
+		return err
+	}
+	var in SendInput
+	if err := httpx.BindJSON(c, &in); err != nil {
+		return err
+	}
+	res, replay, err := h.svc.Send(c.Request().Context(), id, in, c.Request().Header.Get("Idempotency-Key"))
+	if err != nil {
+		return err
+	}
+	if replay != nil {
+		c.Response().Header().Set("Idempotent-Replayed", "true")
+		return c.JSONBlob(replay.StatusCode, replay.Body)
+	}
+	return c.JSON(http.StatusAccepted, res)
 }
 
 // create serves POST /campaigns: 201 with the campaign and its Location.

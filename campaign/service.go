@@ -3,6 +3,7 @@ package campaign
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"math"
 	"time"
 
@@ -18,6 +19,9 @@ type Service struct {
 	tpl       Templater
 	customers CustomerFinder
 	now       func() time.Time
+
+	dispatcher Dispatcher   // set by WithDispatch; nil disables Send
+	log        *slog.Logger // for events no request returns, such as a deferred queue push
 }
 
 // NewService returns a Service. now is the clock that decides whether a
@@ -26,7 +30,7 @@ func NewService(repo *Repo, tpl Templater, customers CustomerFinder, now func() 
 	if now == nil {
 		now = time.Now
 	}
-	return &Service{repo: repo, tpl: tpl, customers: customers, now: now}
+	return &Service{repo: repo, tpl: tpl, customers: customers, now: now, log: slog.New(slog.DiscardHandler)}
 }
 
 // Create validates in and stores the campaign: status scheduled when

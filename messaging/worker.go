@@ -87,7 +87,10 @@ func NewPool(opts PoolOptions, queue jobQueue, repo *Repo, sender Sender, policy
 
 // PoolStats counts outcomes since the pool started.
 type PoolStats struct {
-	Sent, Failed, Retried, Requeued int64
+	Sent     int64 `json:"sent"`
+	Failed   int64 `json:"failed"`
+	Retried  int64 `json:"retried"`
+	Requeued int64 `json:"requeued"`
 }
 
 // Stats returns the pool's counters.

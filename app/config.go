@@ -1,0 +1,311 @@
+package app
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"github.com/spf13/viper"
+
+	"github.com/campaignd/dispatch/configs"
+	"github.com/campaignd/dispatch/customer"
+)
+
+// Config is the service's whole configuration. Load fills it from, in rising
+// precedence: the embedded configs/config.yaml, a --config file, environment
+// variables (API_PORT for api.port), and command-line flags.
+type Config struct {
+	Database struct {
+		URL             string        `mapstructure:"url"`
+		CreateIfMissing bool          `mapstructure:"create_if_missing"`
+		MigrateOnStart  bool          `mapstructure:"migrate_on_start"`
+		SeedOnStart     bool          `mapstructure:"seed_on_start"`
+		MaxOpenConns    int           `mapstructure:"max_open_conns"`
+		MaxIdleConns    int           `mapstructure:"max_idle_conns"`
+		ConnMaxLifetime time.Duration `mapstructure:"conn_max_lifetime"`
+	} `mapstructure:"database"`
+	DB struct {
+		Host     string `mapstructure:"host"`
+		Port     int    `mapstructure:"port"`
+		User     string `mapstructure:"user"`
+		Password string `mapstructure:"password"`
+		Name     string `mapstructure:"name"`
+		SSLMode  string `mapstructure:"sslmode"`
+	} `mapstructure:"db"`
+	Redis struct {
+		URL       string `mapstructure:"url"`
+		KeyPrefix string `mapstructure:"key_prefix"`
+	} `mapstructure:"redis"`
+	Queue struct {
+		Name string `mapstructure:"name"`
+	} `mapstructure:"queue"`
+	API struct {
+		Enabled         bool          `mapstructure:"enabled"`
+		Port            int           `mapstructure:"port"`
+		BodyLimit       string        `mapstructure:"body_limit"`
+		ImportBodyLimit string        `mapstructure:"import_body_limit"`
+		ImportMaxRows   int           `mapstructure:"import_max_rows"`
+		ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
+	} `mapstructure:"api"`
+	Customers struct {
+		DefaultRegion string `mapstructure:"default_region"`
+	} `mapstructure:"customers"`
+	WorkerConcurrency int           `mapstructure:"worker_concurrency"`
+	MaxRetryCount     int           `mapstructure:"max_retry_count"`
+	RetryBackoffBase  time.Duration `mapstructure:"retry_backoff_base"`
+	RetryBackoffMax   time.Duration `mapstructure:"retry_backoff_max"`
+	Worker            struct {
+		BatchSize         int           `mapstructure:"batch_size"`
+		SendTimeout       time.Duration `mapstructure:"send_timeout"`
+		Lease             time.Duration `mapstructure:"lease"`
+		DrainTimeout      time.Duration `mapstructure:"drain_timeout"`
+		HeartbeatInterval time.Duration `mapstructure:"heartbeat_interval"`
+		ConsumerTTL       time.Duration `mapstructure:"consumer_ttl"`
+	} `mapstructure:"worker"`
+	Sweeper struct {
+		Interval        time.Duration `mapstructure:"interval"`
+		PromoteInterval time.Duration `mapstructure:"promote_interval"`
+		UnpushedAfter   time.Duration `mapstructure:"unpushed_after"`
+		StaleAfter      time.Duration `mapstructure:"stale_after"`
+		FinishInterval  time.Duration `mapstructure:"finish_interval"`
+	} `mapstructure:"sweeper"`
+	Sender struct {
+		SuccessRate          float64       `mapstructure:"success_rate"`
+		PermanentFailureRate float64       `mapstructure:"permanent_failure_rate"`
+		MinLatency           time.Duration `mapstructure:"min_latency"`
+		MaxLatency           time.Duration `mapstructure:"max_latency"`
+		Seed                 uint64        `mapstructure:"seed"`
+		Ledger               string        `mapstructure:"ledger"`
+	} `mapstructure:"sender"`
+	Log struct {
+		Level  string `mapstructure:"level"`
+		Format string `mapstructure:"format"`
+	} `mapstructure:"log"`
+}
+
+// Flags declares the command-line flags that override configuration keys.
+func Flags(fs *pflag.FlagSet) {
+	fs.String("config", "", "YAML file whose keys override the built-in defaults (see configs/config.yaml)")
+	fs.Int("worker-concurrency", 0, "delivery goroutines (overrides WORKER_CONCURRENCY); 0 runs an API-only replica")
+	fs.Int("port", 0, "HTTP port (overrides API_PORT); 0 in a test picks a free port")
+}
+
+// flagKeys maps flag names to the configuration keys they override.
+var flagKeys = map[string]string{
+	"worker-concurrency": "worker_concurrency",
+	"port":               "api.port",
+}
+
+// Load builds the configuration. fs may be nil; only flags the user set
+// override. Every problem found is reported together.
+func Load(fs *pflag.FlagSet) (Config, error) {
+	var cfg Config
+	v := viper.New()
+	v.SetConfigType("yaml")
+	if err := v.ReadConfig(bytes.NewReader(configs.Default)); err != nil {
+		return cfg, fmt.Errorf("embedded config: %w", err)
+	}
+	if fs != nil {
+		if f := fs.Lookup("config"); f != nil && f.Value.String() != "" {
+			v.SetConfigFile(f.Value.String())
+			if err := v.MergeInConfig(); err != nil {
+				return cfg, fmt.Errorf("config file %s: %w", f.Value.String(), err)
+			}
+		}
+	}
+	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
+	v.AutomaticEnv()
+	if fs != nil {
+		for name, key := range flagKeys {
+			if f := fs.Lookup(name); f != nil && f.Changed {
+				v.Set(key, f.Value.String())
+			}
+		}
+	}
+	if err := v.Unmarshal(&cfg); err != nil {
+		return cfg, fmt.Errorf("config: %w", err)
+	}
+	return cfg, cfg.Validate()
+}
+
+// Validate lists every problem with the configuration.
+func (c Config) Validate() error {
+	var problems []string
+	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+
+	if c.Database.URL == "" {
+		if c.DB.Host == "" {
+			bad("db.host (DB_HOST) is empty and database.url (DATABASE_URL) is not set")
+		}
+		if c.DB.Name == "" {
+			bad("db.name (DB_NAME) is empty and database.url (DATABASE_URL) is not set")
+		}
+		if c.DB.Port < 1 || c.DB.Port > 65535 {
+			bad("db.port (DB_PORT) %d is not a port number", c.DB.Port)
+		}
+	} else if u, err := url.Parse(c.Database.URL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		bad("database.url (DATABASE_URL) must be a postgres:// URL")
+	}
+	if c.Database.MaxOpenConns < 1 {
+		bad("database.max_open_conns (DATABASE_MAX_OPEN_CONNS) must be at least 1, got %d", c.Database.MaxOpenConns)
+	}
+	if u, err := url.Parse(c.Redis.URL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {
+		bad("redis.url (REDIS_URL) must be a redis:// or rediss:// URL")
+	}
+	if strings.TrimSpace(c.Queue.Name) == "" {
+		bad("queue.name (QUEUE_NAME) is empty")
+	}
+	if c.API.Port < 0 || c.API.Port > 65535 {
+		bad("api.port (API_PORT) %d is not a port number", c.API.Port)
+	}
+	if _, err := ParseBytes(c.API.BodyLimit); err != nil {
+		bad("api.body_limit (API_BODY_LIMIT): %v", err)
+	}
+	if _, err := ParseBytes(c.API.ImportBodyLimit); err != nil {
+		bad("api.import_body_limit (API_IMPORT_BODY_LIMIT): %v", err)
+	}
+	if c.API.ImportMaxRows < 1 {
+		bad("api.import_max_rows (API_IMPORT_MAX_ROWS) must be at least 1")
+	}
+	if c.API.ShutdownTimeout <= 0 {
+		bad("api.shutdown_timeout (API_SHUTDOWN_TIMEOUT) must be positive")
+	}
+	if !customer.ValidRegion(c.Customers.DefaultRegion) {
+		bad("customers.default_region (CUSTOMERS_DEFAULT_REGION) must be a two-letter country code with a phone plan, such as US or KE; got %q", c.Customers.DefaultRegion)
+	}
+	if c.WorkerConcurrency < 0 || c.WorkerConcurrency > 10000 {
+		bad("worker_concurrency (WORKER_CONCURRENCY) must be from 0 to 10000, got %d", c.WorkerConcurrency)
+	}
+	if !c.API.Enabled && c.WorkerConcurrency == 0 {
+		bad("api.enabled is false and worker_concurrency is 0: this replica would do nothing")
+	}
+	if c.MaxRetryCount < 1 || c.MaxRetryCount > 50 {
+		bad("max_retry_count (MAX_RETRY_COUNT) must be from 1 to 50, got %d", c.MaxRetryCount)
+	}
+	if c.RetryBackoffBase <= 0 {
+		bad("retry_backoff_base (RETRY_BACKOFF_BASE) must be positive")
+	}
+	if c.RetryBackoffMax < c.RetryBackoffBase {
+		bad("retry_backoff_max (RETRY_BACKOFF_MAX) must be at least retry_backoff_base")
+	}
+	if c.Worker.BatchSize < 1 || c.Worker.BatchSize > 1000 {
+		bad("worker.batch_size (WORKER_BATCH_SIZE) must be from 1 to 1000, got %d", c.Worker.BatchSize)
+	}
+	for _, d := range []struct {
+		name string
+		val  time.Duration
+	}{
+		{"worker.send_timeout (WORKER_SEND_TIMEOUT)", c.Worker.SendTimeout},
+		{"worker.drain_timeout (WORKER_DRAIN_TIMEOUT)", c.Worker.DrainTimeout},
+		{"worker.heartbeat_interval (WORKER_HEARTBEAT_INTERVAL)", c.Worker.HeartbeatInterval},
+		{"sweeper.interval (SWEEPER_INTERVAL)", c.Sweeper.Interval},
+		{"sweeper.promote_interval (SWEEPER_PROMOTE_INTERVAL)", c.Sweeper.PromoteInterval},
+		{"sweeper.unpushed_after (SWEEPER_UNPUSHED_AFTER)", c.Sweeper.UnpushedAfter},
+		{"sweeper.stale_after (SWEEPER_STALE_AFTER)", c.Sweeper.StaleAfter},
+		{"sweeper.finish_interval (SWEEPER_FINISH_INTERVAL)", c.Sweeper.FinishInterval},
+	} {
+		if d.val <= 0 {
+			bad("%s must be positive", d.name)
+		}
+	}
+	if c.Worker.Lease <= c.Worker.SendTimeout {
+		bad("worker.lease (WORKER_LEASE) must be longer than worker.send_timeout, or a slow delivery would be taken over while it runs")
+	}
+	if c.Worker.ConsumerTTL <= 2*c.Worker.HeartbeatInterval {
+		bad("worker.consumer_ttl (WORKER_CONSUMER_TTL) must be more than twice worker.heartbeat_interval")
+	}
+	if c.Sender.SuccessRate < 0 || c.Sender.SuccessRate > 1 {
+		bad("sender.success_rate (SENDER_SUCCESS_RATE) must be from 0 to 1, got %v", c.Sender.SuccessRate)
+	}
+	if c.Sender.PermanentFailureRate < 0 || c.Sender.PermanentFailureRate > 1 {
+		bad("sender.permanent_failure_rate (SENDER_PERMANENT_FAILURE_RATE) must be from 0 to 1")
+	}
+	if c.Sender.MinLatency < 0 || c.Sender.MaxLatency < c.Sender.MinLatency {
+		bad("sender.min_latency and sender.max_latency (SENDER_MIN_LATENCY, SENDER_MAX_LATENCY) must satisfy 0 <= min <= max")
+	}
+	if c.Sender.Ledger != "postgres" && c.Sender.Ledger != "memory" {
+		bad("sender.ledger (SENDER_LEDGER) must be postgres or memory, got %q", c.Sender.Ledger)
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level (LOG_LEVEL) must be debug, info, warn or error, got %q", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "json", "text":
+	default:
+		bad("log.format (LOG_FORMAT) must be json or text, got %q", c.Log.Format)
+	}
+	if len(problems) > 0 {
+		return errors.New("invalid configuration:\n  - " + strings.Join(problems, "\n  - "))
+	}
+	return nil
+}
+
+// DatabaseURL is database.url, or a URL built from db.*.
+func (c Config) DatabaseURL() string {
+	if c.Database.URL != "" {
+		return c.Database.URL
+	}
+	u := url.URL{
+		Scheme:   "postgres",
+		Host:     c.DB.Host + ":" + strconv.Itoa(c.DB.Port),
+		Path:     "/" + c.DB.Name,
+		RawQuery: "sslmode=" + url.QueryEscape(c.DB.SSLMode),
+	}
+	if c.DB.Password != "" {
+		u.User = url.UserPassword(c.DB.User, c.DB.Password)
+	} else {
+		u.User = url.User(c.DB.User)
+	}
+	return u.String()
+}
+
+// Masked returns the configuration as logged at start: secrets replaced.
+func (c Config) Masked() Config {
+	m := c
+	m.Database.URL = maskURL(c.DatabaseURL())
+	if m.DB.Password != "" {
+		m.DB.Password = "xxxxx"
+	}
+	m.Redis.URL = maskURL(c.Redis.URL)
+	return m
+}
+
+func maskURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparseable)"
+	}
+	if u.User != nil {
+		if _, ok := u.User.Password(); ok {
+			u.User = url.UserPassword(u.User.Username(), "xxxxx")
+		}
+	}
+	return u.String()
+}
+
+// ParseBytes reads sizes such as "512KB", "2MB", "1GB" or a plain byte count.
+func ParseBytes(s string) (int64, error) {
+	t := strings.ToUpper(strings.TrimSpace(s))
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"GB", 1 << 30}, {"MB", 1 << 20}, {"KB", 1 << 10}, {"B", 1}} {
+		if strings.HasSuffix(t, u.suffix) {
+			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("%q is not a size such as 2MB", s)
+	}
+	return n * mult, nil
+}

@@ -1,0 +1,159 @@
+package app
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+func flags(t *testing.T, args ...string) *pflag.FlagSet {
+	t.Helper()
+	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+	Flags(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatalf("parse flags %v: %v", args, err)
+	}
+	return fs
+}
+
+// Config tests use t.Setenv, so they cannot run in parallel.
+
+func TestLoadDefaults(t *testing.T) {
+	cfg, err := Load(flags(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"queue name", cfg.Queue.Name, "campaign_sends"},
+		{"api port", cfg.API.Port, 8080},
+		{"max retry count", cfg.MaxRetryCount, 3},
+		{"retry backoff base", cfg.RetryBackoffBase, time.Second},
+		{"log format", cfg.Log.Format, "json"},
+		{"log level", cfg.Log.Level, "info"},
+		{"database url", cfg.DatabaseURL(), "postgres://postgres@127.0.0.1:5432/campaigns?sslmode=disable"},
+		{"redis url", cfg.Redis.URL, "redis://127.0.0.1:6379/0"},
+		{"api enabled", cfg.API.Enabled, true},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
+		}
+	}
+}
+
+func TestLoadPrecedence(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(file, []byte("worker_concurrency: 7\napi:\n  port: 9001\nqueue:\n  name: from_file\nlog:\n  level: debug\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name      string
+		env       map[string]string
+		args      []string
+		wantConc  int
+		wantPort  int
+		wantQueue string
+		wantLevel string
+	}{
+		{"file over defaults", nil, []string{"--config", file}, 7, 9001, "from_file", "debug"},
+		{"env over file", map[string]string{"WORKER_CONCURRENCY": "11", "QUEUE_NAME": "from_env", "API_PORT": "9002"},
+			[]string{"--config", file}, 11, 9002, "from_env", "debug"},
+		{"flag over env", map[string]string{"WORKER_CONCURRENCY": "11", "API_PORT": "9002"},
+			[]string{"--config", file, "--worker-concurrency", "250", "--port", "9003"}, 250, 9003, "from_file", "debug"},
+		{"env without file", map[string]string{"LOG_LEVEL": "warn", "MAX_RETRY_COUNT": "5"}, nil, 50, 8080, "campaign_sends", "warn"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
+			cfg, err := Load(flags(t, tt.args...))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.WorkerConcurrency != tt.wantConc || cfg.API.Port != tt.wantPort ||
+				cfg.Queue.Name != tt.wantQueue || cfg.Log.Level != tt.wantLevel {
+				t.Errorf("got concurrency=%d port=%d queue=%q level=%q, want %d %d %q %q",
+					cfg.WorkerConcurrency, cfg.API.Port, cfg.Queue.Name, cfg.Log.Level,
+					tt.wantConc, tt.wantPort, tt.wantQueue, tt.wantLevel)
+			}
+		})
+	}
+}
+
+func TestLoadDatabaseFromParts(t *testing.T) {
+	t.Setenv("DB_HOST", "db.internal")
+	t.Setenv("DB_PORT", "6543")
+	t.Setenv("DB_USER", "app")
+	t.Setenv("DB_PASSWORD", "s3cr:t")
+	t.Setenv("DB_NAME", "dispatch")
+	cfg, err := Load(flags(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "postgres://app:s3cr%3At@db.internal:6543/dispatch?sslmode=disable"
+	if got := cfg.DatabaseURL(); got != want {
+		t.Errorf("DatabaseURL() = %q, want %q", got, want)
+	}
+	masked := cfg.Masked()
+	if strings.Contains(masked.Database.URL, "s3cr") || masked.DB.Password == "s3cr:t" {
+		t.Errorf("masked config leaks the password: %+v", masked.Database.URL)
+	}
+
+	t.Setenv("DATABASE_URL", "postgres://u:pw@elsewhere/x")
+	cfg, err = Load(flags(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.DatabaseURL(); got != "postgres://u:pw@elsewhere/x" {
+		t.Errorf("DATABASE_URL should win over DB_*, got %q", got)
+	}
+}
+
+func TestLoadInvalidListsEveryProblem(t *testing.T) {
+	t.Setenv("WORKER_CONCURRENCY", "-1")
+	t.Setenv("LOG_FORMAT", "xml")
+	t.Setenv("MAX_RETRY_COUNT", "0")
+	t.Setenv("REDIS_URL", "http://nope")
+	t.Setenv("API_BODY_LIMIT", "lots")
+	_, err := Load(flags(t))
+	if err == nil {
+		t.Fatal("want an error")
+	}
+	for _, key := range []string{"WORKER_CONCURRENCY", "LOG_FORMAT", "MAX_RETRY_COUNT", "REDIS_URL", "API_BODY_LIMIT"} {
+		if !strings.Contains(err.Error(), key) {
+			t.Errorf("error does not mention %s:\n%v", key, err)
+		}
+	}
+}
+
+func TestParseBytes(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"2MB", 2 << 20, true},
+		{"512kb", 512 << 10, true},
+		{"1 GB", 1 << 30, true},
+		{"100", 100, true},
+		{"10B", 10, true},
+		{"", 0, false},
+		{"-1MB", 0, false},
+		{"MB", 0, false},
+		{"1.5MB", 0, false},
+	}
+	for _, tt := range tests {
+		got, err := ParseBytes(tt.in)
+		if (err == nil) != tt.ok || got != tt.want {
+			t.Errorf("ParseBytes(%q) = %d, %v; want %d, ok=%v", tt.in, got, err, tt.want, tt.ok)
+		}
+	}
+}

@@ -1,0 +1,303 @@
+package campaign
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+	"unicode"
+
+	"github.com/jmoiron/sqlx"
+
+	"github.com/campaignd/dispatch/platform/errs"
+	"github.com/campaignd/dispatch/platform/postgres"
+)
+
+// MaxSendIDs caps customer_ids in one send request (about 1 MB of JSON).
+const MaxSendIDs = 100_000
+
+// IdempotencyTTL is how long a send's Idempotency-Key is remembered.
+const IdempotencyTTL = 24 * time.Hour
+
+// ErrIdempotencyKeyReused is a key replayed with a different request.
+var ErrIdempotencyKeyReused = errs.New(errs.KindConflict, "IDEMPOTENCY_KEY_REUSED",
+	"this Idempotency-Key was used with a different request")
+
+// Dispatcher creates and queues the messages of a send; the messaging
+// feature implements it. CreateMessages runs inside the send's transaction
+// so the messages and the campaign's move to sending commit together; it
+// returns an UNKNOWN_CUSTOMERS error when ids do not exist. Enqueue runs
+// after commit; a failure there loses nothing (the messages are stored and
+// the sweeper queues them), so Send reports success regardless.
+type Dispatcher interface {
+	CreateMessages(ctx context.Context, tx *sqlx.Tx, campaignID int64, customerIDs []int64) (batchID int64, messageIDs []int64, err error)
+	Enqueue(ctx context.Context, batchID int64, messageIDs []int64) error
+}
+
+// SendInput is the body of POST /campaigns/{id}/send.
+type SendInput struct {
+	CustomerIDs []int64 `json:"customer_ids"`
+}
+
+// SendResult is the 202 body of a send.
+type SendResult struct {
+	CampaignID        int64  `json:"campaign_id"`
+	MessagesQueued    int    `json:"messages_queued"`
+	Status            Status `json:"status"`
+	DuplicatesRemoved int    `json:"duplicates_removed"`
+}
+
+// Replay is a stored response returned again for a repeated Idempotency-Key.
+type Replay struct {
+	StatusCode int
+	Body       json.RawMessage
+}
+
+// WithDispatch enables Send: d creates and queues messages, log records
+// sends whose queue push must be left to the sweeper.
+func (s *Service) WithDispatch(d Dispatcher, log *slog.Logger) *Service {
+	s.dispatcher, s.log = d, log
+	return s
+}
+
+// Send moves campaign id from draft or scheduled to sending and creates one
+// message per distinct customer, all in one transaction, then queues them.
+//
+// Errors: VALIDATION_ERROR for bad ids or key, CAMPAIGN_NOT_FOUND,
+// CAMPAIGN_NOT_SENDABLE when the campaign is in any other status (so of
+// concurrent sends exactly one succeeds), UNKNOWN_CUSTOMERS (nothing is
+// created), IDEMPOTENCY_KEY_REUSED. With a non-empty key, a repeat of a
+// successful request returns the first response as a Replay instead.
+func (s *Service) Send(ctx context.Context, id int64, in SendInput, key string) (SendResult, *Replay, error) {
+	ids, dups, err := validateSendIDs(in.CustomerIDs)
+	if err != nil {
+		return SendResult{}, nil, err
+	}
+	if err := validateIdempotencyKey(key); err != nil {
+		return SendResult{}, nil, err
+	}
+	var (
+		res      SendResult
+		replay   *Replay
+		batchID  int64
+		queueIDs []int64
+	)
+	err = postgres.InTx(ctx, s.repo.db, func(tx *sqlx.Tx) error {
+		if key != "" {
+			// Taking the key first makes a concurrent request with the same
+			// key wait here for this transaction, then replay its answer.
+			r, err := claimIdempotencyKey(ctx, tx, key, sendHash(id, in.CustomerIDs))
+			if err != nil || r != nil {
+				replay = r
+				return err
+			}
+		}
+		if err := s.repo.startSending(ctx, tx, id); err != nil {
+			return err
+		}
+		var err error
+		batchID, queueIDs, err = s.dispatcher.CreateMessages(ctx, tx, id, ids)
+		if err != nil {
+			return fmt.Errorf("send campaign %d: %w", id, err)
+		}
+		res = SendResult{CampaignID: id, MessagesQueued: len(queueIDs), Status: StatusSending, DuplicatesRemoved: dups}
+		if key != "" {
+			return storeIdempotentResponse(ctx, tx, key, http.StatusAccepted, res)
+		}
+		return nil
+	})
+	if err != nil || replay != nil {
+		return SendResult{}, replay, err
+	}
+	if err := s.dispatcher.Enqueue(ctx, batchID, queueIDs); err != nil {
+		s.log.WarnContext(ctx, "send committed but queue push failed; the sweeper will queue the messages",
+			"campaign_id", id, "messages", len(queueIDs), "err", err)
+	}
+	return res, nil, nil
+}
+
+// validateSendIDs checks customer_ids and removes duplicates, keeping the
+// first occurrence's order.
+func validateSendIDs(ids []int64) ([]int64, int, error) {
+	if len(ids) == 0 {
+		return nil, 0, errs.Validation("customer_ids", "customer_ids must be a non-empty array of customer ids")
+	}
+	if len(ids) > MaxSendIDs {
+		return nil, 0, errs.Validation("customer_ids", "customer_ids has %d ids; at most %d are allowed per request", len(ids), MaxSendIDs)
+	}
+	seen := make(map[int64]struct{}, len(ids))
+	out := make([]int64, 0, len(ids))
+	for i, id := range ids {
+		if id <= 0 {
+			return nil, 0, errs.Validation("customer_ids", "customer_ids[%d] is %d; ids are positive integers", i, id)
+		}
+		if _, dup := seen[id]; dup {
+			continue
+		}
+		seen[id] = struct{}{}
+		out = append(out, id)
+	}
+	return out, len(ids) - len(out), nil
+}
+
+func validateIdempotencyKey(key string) error {
+	if len(key) > 200 {
+		return errs.Validation("Idempotency-Key", "the Idempotency-Key header is longer than 200 characters")
+	}
+	for _, r := range key {
+		if !unicode.IsPrint(r) {
+			return errs.Validation("Idempotency-Key", "the Idempotency-Key header has a non-printable character")
+		}
+	}
+	return nil
+}
+
+// sendHash fingerprints a send request: the same key with another campaign
+// or other ids is a different request.
+func sendHash(id int64, ids []int64) string {
+	h := sha256.New()
+	h.Write([]byte("send:" + strconv.FormatInt(id, 10) + ":"))
+	for _, c := range ids {
+		h.Write([]byte(strconv.FormatInt(c, 10) + ","))
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// The insert takes the key, or takes over an expired one. It returns no row
+// when a live row exists, which then decides replay or reuse.
+const claimKeySQL = `
+INSERT INTO idempotency_keys (key, request_hash, status_code, response)
+VALUES ($1, $2, 0, '{}')
+ON CONFLICT (key) DO UPDATE
+    SET request_hash = EXCLUDED.request_hash, status_code = 0, response = '{}', created_at = now()
+    WHERE idempotency_keys.created_at < now() - $3::interval
+RETURNING key`
+
+func claimIdempotencyKey(ctx context.Context, tx *sqlx.Tx, key, hash string) (*Replay, error) {
+	var got string
+	err := tx.GetContext(ctx, &got, claimKeySQL, key, hash, fmt.Sprintf("%d seconds", int(IdempotencyTTL.Seconds())))
+	if err == nil {
+		return nil, nil
+	}
+	if !errors.Is(err, sql.ErrNoRows) {
+		return nil, postgres.Classify(err, "claim idempotency key")
+	}
+	var row struct {
+		Hash     string `db:"request_hash"`
+		Status   int    `db:"status_code"`
+		Response []byte `db:"response"`
+	}
+	if err := tx.GetContext(ctx, &row, `SELECT request_hash, status_code, response FROM idempotency_keys WHERE key = $1`, key); err != nil {
+		return nil, postgres.Classify(err, "read idempotency key")
+	}
+	if row.Hash != hash {
+		return nil, ErrIdempotencyKeyReused
+	}
+	return &Replay{StatusCode: row.Status, Body: row.Response}, nil
+}
+
+func storeIdempotentResponse(ctx context.Context, tx *sqlx.Tx, key string, status int, body any) error {
+	b, err := json.Marshal(body)
+	if err != nil {
+		return fmt.Errorf("encode idempotent response: %w", err)
+	}
+	_, err = tx.ExecContext(ctx, `UPDATE idempotency_keys SET status_code = $2, response = $3 WHERE key = $1`, key, status, b)
+	return postgres.Classify(err, "store idempotent response")
+}
+
+// startSending is the guarded transition draft|scheduled → sending. The row
+// lock it takes makes a concurrent send wait, then find the campaign no
+// longer sendable.
+func (r *Repo) startSending(ctx context.Context, tx *sqlx.Tx, id int64) error {
+	res, err := tx.ExecContext(ctx, `
+UPDATE campaigns SET status = 'sending', updated_at = now()
+WHERE id = $1 AND status IN ('draft', 'scheduled')`, id)
+	if err != nil {
+		return postgres.Classify(err, fmt.Sprintf("start sending campaign %d", id))
+	}
+	if n, _ := res.RowsAffected(); n == 1 {
+		return nil
+	}
+	var status Status
+	err = tx.GetContext(ctx, &status, `SELECT status FROM campaigns WHERE id = $1`, id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return ErrNotFound.Withf("campaign %d not found", id)
+	}
+	if err != nil {
+		return postgres.Classify(err, fmt.Sprintf("read campaign %d", id))
+	}
+	return ErrNotSendable.Withf("campaign %d is %s; only draft or scheduled campaigns can be sent", id, status).
+		WithDetail("status", string(status))
+}
+
+// Finish moves every sending campaign whose messages are all final to sent
+// (at least one sent) or failed (none sent) and returns how many it moved.
+// The update is guarded by status = 'sending', so several replicas running
+// it at once finish each campaign exactly once. It reads outbound_messages
+// (the messaging feature's table) through the (campaign_id, status) index.
+func (r *Repo) Finish(ctx context.Context) ([]Finished, error) {
+	var out []Finished
+	err := r.db.SelectContext(ctx, &out, `
+UPDATE campaigns k
+SET status = CASE WHEN EXISTS (SELECT 1 FROM outbound_messages m WHERE m.campaign_id = k.id AND m.status = 'sent')
+                  THEN 'sent' ELSE 'failed' END,
+    updated_at = now()
+WHERE k.status = 'sending'
+  AND NOT EXISTS (SELECT 1 FROM outbound_messages m
+                  WHERE m.campaign_id = k.id AND m.status IN ('pending', 'sending'))
+RETURNING k.id, k.status`)
+	return out, postgres.Classify(err, "finish campaigns")
+}
+
+// Finished is a campaign Finish completed.
+type Finished struct {
+	ID     int64  `db:"id"`
+	Status Status `db:"status"`
+}
+
+// ExpireIdempotencyKeys deletes keys older than IdempotencyTTL.
+func (r *Repo) ExpireIdempotencyKeys(ctx context.Context) (int64, error) {
+	res, err := r.db.ExecContext(ctx, `DELETE FROM idempotency_keys WHERE created_at < now() - $1::interval`,
+		fmt.Sprintf("%d seconds", int(IdempotencyTTL.Seconds())))
+	if err != nil {
+		return 0, postgres.Classify(err, "expire idempotency keys")
+	}
+	return res.RowsAffected()
+}
+
+// RunFinisher completes finished campaigns every interval until ctx ends,
+// and drops expired idempotency keys once an hour.
+func (s *Service) RunFinisher(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	lastExpire := time.Time{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		done, err := s.repo.Finish(ctx)
+		if err != nil && ctx.Err() == nil {
+			s.log.Warn("finishing campaigns failed", "err", err)
+		}
+		for _, f := range done {
+			s.log.Info("campaign finished", "campaign_id", f.ID, "status", f.Status)
+		}
+		if time.Since(lastExpire) > time.Hour {
+			lastExpire = time.Now()
+			if n, err := s.repo.ExpireIdempotencyKeys(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("expiring idempotency keys failed", "err", err)
+			} else if n > 0 {
+				s.log.Info("expired idempotency keys", "count", n)
+			}
+		}
+	}
+}

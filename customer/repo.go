@@ -1,0 +1,240 @@
+package customer
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"strconv"
+	"strings"
+
+	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
+
+	"github.com/campaignd/dispatch/platform/postgres"
+)
+
+// Repo is the customers table. It is the table's only writer. Every method
+// translates driver errors at this boundary: a missing row is ErrNotFound, a
+// duplicate phone ErrPhoneTaken, an unreachable database an UNAVAILABLE
+// errs.Error (via postgres.Classify); anything else is wrapped with context.
+type Repo struct {
+	db *sqlx.DB
+}
+
+// NewRepo returns a Repo over db.
+func NewRepo(db *sqlx.DB) *Repo { return &Repo{db: db} }
+
+// phoneKey is the unique constraint on customers.phone (00001_init.sql).
+const phoneKey = "customers_phone_key"
+
+// importChunk is how many rows one INSERT of an import carries: large enough
+// that 100,000 rows take 20 round trips, small enough that one statement's
+// array parameters stay around a megabyte.
+const importChunk = 5000
+
+// columns is the column list every query that scans a Customer selects, in
+// the order of the struct's db tags.
+const columns = `id, phone, first_name, last_name, location, preferred_product, created_at, updated_at`
+
+const getSQL = `SELECT ` + columns + ` FROM customers WHERE id = $1`
+
+// Get returns the customer with id, or ErrNotFound.
+func (r *Repo) Get(ctx context.Context, id int64) (Customer, error) {
+	var c Customer
+	if err := r.db.GetContext(ctx, &c, getSQL, id); err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
+			return Customer{}, ErrNotFound.Withf("customer %d not found", id)
+		}
+		return Customer{}, postgres.Classify(err, "get customer "+strconv.FormatInt(id, 10))
+	}
+	return c.utc(), nil
+}
+
+const createSQL = `
+INSERT INTO customers (phone, first_name, last_name, location, preferred_product)
+VALUES ($1, $2, $3, $4, $5)
+RETURNING ` + columns
+
+// Create stores in, which must already be normalised, and returns the new
+// customer. A phone that belongs to another customer is ErrPhoneTaken.
+func (r *Repo) Create(ctx context.Context, in Input) (Customer, error) {
+	var c Customer
+	err := r.db.GetContext(ctx, &c, createSQL, in.Phone, in.FirstName, in.LastName, in.Location, in.PreferredProduct)
+	if err != nil {
+		if isPhoneTaken(err) {
+			return Customer{}, r.phoneTaken(ctx, in.Phone)
+		}
+		return Customer{}, postgres.Classify(err, "create customer")
+	}
+	return c.utc(), nil
+}
+
+const phoneOwnerSQL = `SELECT id FROM customers WHERE phone = $1`
+
+// phoneTaken builds ErrPhoneTaken for phone, naming the customer that holds
+// it. The lookup only runs after a conflict, so the happy path pays nothing;
+// if it fails (or the holder was deleted meanwhile) the error just omits the
+// id.
+func (r *Repo) phoneTaken(ctx context.Context, phone string) error {
+	var id int64
+	if err := r.db.GetContext(ctx, &id, phoneOwnerSQL, phone); err != nil {
+		return ErrPhoneTaken.Withf("phone %s already belongs to another customer", phone).
+			WithDetail("field", "phone")
+	}
+	return ErrPhoneTaken.Withf("phone %s already belongs to customer %d", phone, id).
+		WithDetail("field", "phone").WithDetail("customer_id", id)
+}
+
+func isPhoneTaken(err error) bool {
+	return postgres.IsUniqueViolation(err) && postgres.ConstraintName(err) == phoneKey
+}
+
+// where returns the WHERE clause selecting f (empty when f selects all) and
+// its arguments, numbered from $1. The lower(col) = lower($n) form is what
+// the customers_location_idx and customers_product_idx indexes serve.
+func where(f Filter) (string, []any) {
+	var conds []string
+	var args []any
+	add := func(cond string, arg any) {
+		args = append(args, arg)
+		conds = append(conds, strings.ReplaceAll(cond, "$n", "$"+strconv.Itoa(len(args))))
+	}
+	if f.Location != "" {
+		add(`lower(location) = lower($n)`, f.Location)
+	}
+	if f.PreferredProduct != "" {
+		add(`lower(preferred_product) = lower($n)`, f.PreferredProduct)
+	}
+	if len(conds) == 0 {
+		return "", nil
+	}
+	return " WHERE " + strings.Join(conds, " AND "), args
+}
+
+const countSQL = `SELECT count(*) FROM customers`
+
+// Count returns how many customers f selects.
+func (r *Repo) Count(ctx context.Context, f Filter) (int64, error) {
+	w, args := where(f)
+	var n int64
+	if err := r.db.GetContext(ctx, &n, countSQL+w, args...); err != nil {
+		return 0, postgres.Classify(err, "count customers")
+	}
+	return n, nil
+}
+
+const listSQL = `SELECT ` + columns + ` FROM customers`
+
+// List returns up to limit customers selected by f, newest (highest id)
+// first. A non-zero beforeID is a keyset walk: only ids below it, and offset
+// is ignored; otherwise offset rows are skipped.
+func (r *Repo) List(ctx context.Context, f Filter, limit, offset int, beforeID int64) ([]Customer, error) {
+	w, args := where(f)
+	q := listSQL + w
+	if beforeID > 0 {
+		args = append(args, beforeID)
+		if w == "" {
+			q += " WHERE"
+		} else {
+			q += " AND"
+		}
+		q += " id < $" + strconv.Itoa(len(args))
+		offset = 0
+	}
+	args = append(args, limit, offset)
+	q += " ORDER BY id DESC LIMIT $" + strconv.Itoa(len(args)-1) + " OFFSET $" + strconv.Itoa(len(args))
+
+	cs := []Customer{} // an empty page is [] in JSON, not null
+	if err := r.db.SelectContext(ctx, &cs, q, args...); err != nil {
+		return nil, postgres.Classify(err, "list customers")
+	}
+	for i := range cs {
+		cs[i] = cs[i].utc()
+	}
+	return cs, nil
+}
+
+const phoneOwnersSQL = `SELECT phone, id FROM customers WHERE phone = ANY($1::text[])`
+
+// PhoneOwners returns, for each of phones that a customer already has, that
+// customer's id. One query however many phones are asked about.
+func (r *Repo) PhoneOwners(ctx context.Context, phones []string) (map[string]int64, error) {
+	owners := make(map[string]int64)
+	if len(phones) == 0 {
+		return owners, nil
+	}
+	rows, err := r.db.QueryContext(ctx, phoneOwnersSQL, pq.Array(phones))
+	if err != nil {
+		return nil, postgres.Classify(err, "look up phones")
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var phone string
+		var id int64
+		if err := rows.Scan(&phone, &id); err != nil {
+			return nil, postgres.Classify(err, "scan phone owner")
+		}
+		owners[phone] = id
+	}
+	if err := rows.Err(); err != nil {
+		return nil, postgres.Classify(err, "look up phones")
+	}
+	return owners, nil
+}
+
+// insertManySQL inserts one chunk of rows from five parallel arrays: one
+// round trip per importChunk rows rather than one per row.
+const insertManySQL = `
+INSERT INTO customers (phone, first_name, last_name, location, preferred_product)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])`
+
+// InsertMany stores rows, which must already be normalised and hold distinct
+// phones, in one transaction: either all are inserted or none is. A phone
+// that another customer has (say, one created by a concurrent request since
+// the caller checked) is ErrPhoneTaken, and nothing is inserted.
+func (r *Repo) InsertMany(ctx context.Context, rows []Input) (int64, error) {
+	var total int64
+	err := postgres.InTx(ctx, r.db, func(tx *sqlx.Tx) error {
+		cols := make([][]string, 5)
+		for start := 0; start < len(rows); start += importChunk {
+			chunk := rows[start:min(start+importChunk, len(rows))]
+			for i := range cols {
+				cols[i] = cols[i][:0]
+			}
+			for _, in := range chunk {
+				cols[0] = append(cols[0], in.Phone)
+				cols[1] = append(cols[1], in.FirstName)
+				cols[2] = append(cols[2], in.LastName)
+				cols[3] = append(cols[3], in.Location)
+				cols[4] = append(cols[4], in.PreferredProduct)
+			}
+			res, err := tx.ExecContext(ctx, insertManySQL,
+				pq.Array(cols[0]), pq.Array(cols[1]), pq.Array(cols[2]), pq.Array(cols[3]), pq.Array(cols[4]))
+			if err != nil {
+				if isPhoneTaken(err) {
+					return ErrPhoneTaken.Withf("a phone in the import was given to another customer while it ran; nothing was imported").
+						WithDetail("field", "phone")
+				}
+				return postgres.Classify(err, "import customers")
+			}
+			n, err := res.RowsAffected()
+			if err != nil {
+				return postgres.Classify(err, "import customers")
+			}
+			total += n
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return total, nil
+}
+
+// utc returns c with its times in UTC: lib/pq returns timestamptz in the
+// session's time zone, and the API promises UTC.
+func (c Customer) utc() Customer {
+	c.CreatedAt = c.CreatedAt.UTC()
+	c.UpdatedAt = c.UpdatedAt.UTC()
+	return c
+}
