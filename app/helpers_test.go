@@ -1,0 +1,151 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/campaignd/dispatch/platform/postgres/pgtest"
+	"github.com/campaignd/dispatch/platform/redisx/redistest"
+)
+
+// testApp is the whole service running in-process on a free port, against a
+// database of its own (created by the app itself) and a Redis key prefix of
+// its own.
+type testApp struct {
+	*App
+	base   string
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// testConfig is the default configuration pointed at fresh storage, with
+// fast loops and a fast, always-successful mock sender.
+func testConfig(t testing.TB) Config {
+	t.Helper()
+	cfg, err := Load(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, prefix := redistest.New(t)
+	cfg.Database.URL = pgtest.NewDatabase(t)
+	cfg.Database.SeedOnStart = false
+	cfg.Redis.URL = redistest.URL()
+	cfg.Redis.KeyPrefix = prefix
+	cfg.API.Port = 0
+	cfg.WorkerConcurrency = 8
+	cfg.Sender.SuccessRate = 1
+	cfg.Sender.MinLatency, cfg.Sender.MaxLatency = 0, time.Millisecond
+	cfg.Sender.Ledger = "memory"
+	cfg.RetryBackoffBase = 20 * time.Millisecond
+	cfg.Sweeper.Interval = 200 * time.Millisecond
+	cfg.Sweeper.PromoteInterval = 20 * time.Millisecond
+	cfg.Sweeper.FinishInterval = 50 * time.Millisecond
+	cfg.Sweeper.UnpushedAfter = 500 * time.Millisecond
+	return cfg
+}
+
+// startApp boots the app with cfg and stops it when the test ends.
+func startApp(t testing.TB, cfg Config) *testApp {
+	t.Helper()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	a, err := New(ctx, cfg, log)
+	if err != nil {
+		cancel()
+		t.Fatalf("start app: %v", err)
+	}
+	ta := &testApp{App: a, base: "http://" + a.Addr(), cancel: cancel, done: make(chan error, 1)}
+	go func() { ta.done <- a.Run(ctx) }()
+	t.Cleanup(func() { ta.stop(t) })
+	return ta
+}
+
+// stop shuts the app down as SIGTERM would and fails the test if shutdown
+// was not clean. Safe to call twice.
+func (ta *testApp) stop(t testing.TB) {
+	t.Helper()
+	if ta.cancel == nil {
+		return
+	}
+	ta.cancel()
+	ta.cancel = nil
+	select {
+	case err := <-ta.done:
+		if err != nil {
+			t.Errorf("app.Run: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Error("app did not shut down within 30s")
+	}
+	ta.Close()
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(bytes.TrimRight(p, "\n")))
+	return len(p), nil
+}
+
+// do sends a request with a JSON body (nil for none) and decodes the JSON
+// response into out (nil to skip). It returns the status.
+func (ta *testApp) do(t testing.TB, method, path string, body any, out any, headers ...string) int {
+	t.Helper()
+	var r io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, ta.base+path, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out != nil {
+		if err := json.Unmarshal(raw, out); err != nil {
+			t.Fatalf("%s %s: status %d, decode %q: %v", method, path, resp.StatusCode, raw, err)
+		}
+	}
+	return resp.StatusCode
+}
+
+// waitFor polls cond until it holds or timeout passes.
+func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
