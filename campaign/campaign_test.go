@@ -3,7 +3,6 @@ package campaign
 import (
 	"errors"
 	"go/build"
-	"math"
 	"strings"
 	"testing"
 	"time"
@@ -12,7 +11,6 @@ import (
 
 	"github.com/campaignd/dispatch/messaging"
 	"github.com/campaignd/dispatch/platform/errs"
-	"github.com/campaignd/dispatch/platform/page"
 )
 
 // The real templater must satisfy the interface the app wires it into.
@@ -298,28 +296,6 @@ func TestEnumsValid(t *testing.T) {
 		if s.Valid() {
 			t.Errorf("%q.Valid() = true", s)
 		}
-	}
-}
-
-func TestOffset(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		name string
-		req  page.Request
-		want int64
-	}{
-		{name: "first page", req: page.Request{Page: 1, Size: 20}, want: 0},
-		{name: "third page", req: page.Request{Page: 3, Size: 7}, want: 14},
-		{name: "cursor ignores page", req: page.Request{Page: 3, Size: 7, AfterID: 99}, want: 0},
-		{name: "overflow clamps", req: page.Request{Page: math.MaxInt, Size: 100}, want: math.MaxInt64},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			if got := offset(tt.req); got != tt.want {
-				t.Errorf("offset = %d, want %d", got, tt.want)
-			}
-		})
 	}
 }
 

@@ -402,12 +402,20 @@ func TestListPagination(t *testing.T) {
 		}
 	})
 
-	t.Run("huge page number is empty", func(t *testing.T) {
+	t.Run("page past the end is empty", func(t *testing.T) {
 		t.Parallel()
-		rec := f.te.do(http.MethodGet, "/campaigns?page=9223372036854775807&page_size=100", "")
+		rec := f.te.do(http.MethodGet, "/campaigns?page=1000000000&page_size=100", "")
 		l := decodeJSON[page.List[Summary]](t, rec, http.StatusOK)
 		if len(l.Data) != 0 || l.Pagination.TotalCount != 57 || l.Pagination.NextCursor != nil {
 			t.Errorf("got %d rows, pagination %+v", len(l.Data), l.Pagination)
+		}
+	})
+
+	t.Run("absurd page number is a 400", func(t *testing.T) {
+		t.Parallel()
+		rec := f.te.do(http.MethodGet, "/campaigns?page=9223372036854775807&page_size=100", "")
+		if rec.Code != http.StatusBadRequest {
+			t.Errorf("status = %d, want 400", rec.Code)
 		}
 	})
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"math"
 	"time"
 
 	"github.com/campaignd/dispatch/platform/page"
@@ -62,7 +61,7 @@ func (s *Service) Get(ctx context.Context, id int64) (Detail, error) {
 // so that a cursor only continues the list it was issued for. Data is never
 // nil, so an empty page is JSON [].
 func (s *Service) List(ctx context.Context, f Filter, req page.Request) (page.List[Summary], error) {
-	q := ListQuery{Filter: f, AfterID: req.AfterID, Offset: offset(req), Limit: req.Size + 1}
+	q := ListQuery{Filter: f, AfterID: req.AfterID, Offset: int64(req.Offset()), Limit: req.Size + 1}
 	items, total, err := s.repo.List(ctx, q)
 	if err != nil {
 		return page.List[Summary]{}, err
@@ -78,21 +77,6 @@ func (s *Service) List(ctx context.Context, f Filter, req page.Request) (page.Li
 		lastID = items[len(items)-1].ID
 	}
 	return page.List[Summary]{Data: items, Pagination: req.Info(total, lastID, hasMore)}, nil
-}
-
-// offset is req's row offset, computed without overflow: page.Request.Offset
-// multiplies in int, which wraps for absurd page numbers and would give
-// PostgreSQL a negative OFFSET. Such a page lies past the end of any list, so
-// the largest offset PostgreSQL accepts gives the right (empty) answer.
-func offset(req page.Request) int64 {
-	if req.AfterID != 0 || req.Page <= 1 {
-		return 0
-	}
-	pages, size := int64(req.Page-1), int64(req.Size)
-	if pages > math.MaxInt64/size {
-		return math.MaxInt64
-	}
-	return pages * size
 }
 
 // Preview renders the campaign's template, or in's override, for one
