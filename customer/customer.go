@@ -1,8 +1,9 @@
 // Package customer owns the customers table: the customer type, its
 // validation (phones are stored in E.164, read with a configurable default
 // region), the SQL repository, the service and the HTTP handlers for
-// GET/POST /customers, GET /customers/{id} and the bulk, all-or-nothing
-// POST /customers/import.
+// GET/POST /customers, GET /customers/{id}, the bulk, all-or-nothing
+// POST /customers/import, and per-channel opt-outs
+// (POST and DELETE /customers/{id}/opt-out, stored in customer_opt_outs).
 package customer
 
 import (
@@ -19,7 +20,10 @@ import (
 
 // Customer is a stored customer. Phone is always E.164 ("+254712345678") and
 // unique; the text fields are trimmed and may be empty, never null. Times are
-// UTC.
+// UTC. OptedOutChannels lists the channels the customer must never be
+// messaged on, sorted; every Customer the Repo returns has it non-nil, so it
+// is [] in JSON, never null. It is not a column of customers: the Repo fills
+// it from customer_opt_outs.
 type Customer struct {
 	ID               int64     `json:"id" db:"id"`
 	Phone            string    `json:"phone" db:"phone"`
@@ -27,8 +31,38 @@ type Customer struct {
 	LastName         string    `json:"last_name" db:"last_name"`
 	Location         string    `json:"location" db:"location"`
 	PreferredProduct string    `json:"preferred_product" db:"preferred_product"`
+	OptedOutChannels []Channel `json:"opted_out_channels" db:"-"`
 	CreatedAt        time.Time `json:"created_at" db:"created_at"`
 	UpdatedAt        time.Time `json:"updated_at" db:"updated_at"`
+}
+
+// Channel is a network a customer can opt out of being messaged on. The
+// values mirror the customer_opt_outs_channel_check constraint (and, by
+// contract, the campaign feature's channels, which this package does not
+// import).
+type Channel string
+
+const (
+	ChannelSMS      Channel = "sms"
+	ChannelWhatsApp Channel = "whatsapp"
+)
+
+// Valid reports whether c is exactly one of the known channels: matching is
+// case-sensitive and nothing is trimmed, as for a campaign's channel.
+func (c Channel) Valid() bool {
+	return c == ChannelSMS || c == ChannelWhatsApp
+}
+
+// validate returns nil for a valid c, else a VALIDATION_ERROR naming the
+// channel field.
+func (c Channel) validate() error {
+	switch {
+	case c.Valid():
+		return nil
+	case c == "":
+		return errs.Validation("channel", "channel is required: %q or %q", ChannelSMS, ChannelWhatsApp)
+	}
+	return errs.Validation("channel", "channel must be %q or %q, got %q", ChannelSMS, ChannelWhatsApp, string(c))
 }
 
 // Input is a customer as a client sends it, to POST /customers or as one row

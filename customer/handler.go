@@ -1,6 +1,9 @@
 package customer
 
 import (
+	"bufio"
+	"errors"
+	"io"
 	"mime"
 	"net/http"
 	"strconv"
@@ -8,6 +11,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/campaignd/dispatch/platform/errs"
 	"github.com/campaignd/dispatch/platform/httpx"
 	"github.com/campaignd/dispatch/platform/page"
 )
@@ -53,15 +57,19 @@ func NewHandler(svc *Service, opts HandlerOptions) *Handler {
 
 // Register mounts the customer routes on e:
 //
-//	GET  /customers          list (page or cursor; filters location, preferred_product)
-//	GET  /customers/:id      one customer
-//	POST /customers          create → 201
-//	POST /customers/import   bulk create from a JSON array or CSV, all-or-nothing → 201
+//	GET    /customers              list (page or cursor; filters location, preferred_product)
+//	GET    /customers/:id          one customer
+//	POST   /customers              create → 201
+//	POST   /customers/import       bulk create from a JSON array or CSV, all-or-nothing → 201
+//	POST   /customers/:id/opt-out  {"channel":"sms"}: opt out of a channel → 200 with the customer
+//	DELETE /customers/:id/opt-out  ?channel=sms (or the same body): opt back in → 200 with the customer
 func (h *Handler) Register(e *echo.Echo) {
 	e.GET("/customers", h.list)
 	e.GET("/customers/:id", h.get)
 	e.POST("/customers", h.create)
 	e.POST("/customers/import", h.importCustomers)
+	e.POST("/customers/:id/opt-out", h.optOut)
+	e.DELETE("/customers/:id/opt-out", h.optIn)
 }
 
 func (h *Handler) list(c echo.Context) error {
@@ -134,4 +142,95 @@ func (h *Handler) importCustomers(c echo.Context) error {
 		return err
 	}
 	return c.JSON(http.StatusCreated, res)
+}
+
+// channelBody is the body of POST /customers/:id/opt-out, and the optional
+// body of DELETE /customers/:id/opt-out.
+type channelBody struct {
+	Channel string `json:"channel"`
+}
+
+func (h *Handler) optOut(c echo.Context) error {
+	id, err := httpx.PathID(c, "id")
+	if err != nil {
+		return err
+	}
+	var b channelBody
+	if err := httpx.BindJSON(c, &b); err != nil {
+		return err
+	}
+	cust, err := h.svc.OptOut(c.Request().Context(), id, Channel(b.Channel))
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, cust)
+}
+
+// optIn takes the channel from the query (?channel=sms), the primary form,
+// since many clients send no body with DELETE. A body, when one is sent,
+// must be JSON of the POST's shape; if both name a channel they must agree.
+func (h *Handler) optIn(c echo.Context) error {
+	id, err := httpx.PathID(c, "id")
+	if err != nil {
+		return err
+	}
+	query := c.QueryParams()["channel"]
+	if len(query) > 1 {
+		return errs.Validation("channel", "channel must be given once, got %d values", len(query))
+	}
+	var ch string
+	if len(query) == 1 {
+		ch = query[0]
+	}
+	sent, err := hasBody(c.Request())
+	if err != nil {
+		return err
+	}
+	if sent {
+		var b channelBody
+		if err := httpx.BindJSON(c, &b); err != nil {
+			return err
+		}
+		switch {
+		case ch == "":
+			ch = b.Channel
+		case b.Channel != "" && b.Channel != ch:
+			return errs.Validation("channel", "channel is %q in the query but %q in the body; give it once", ch, b.Channel)
+		}
+	}
+	cust, err := h.svc.OptIn(c.Request().Context(), id, Channel(ch))
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, cust)
+}
+
+// hasBody reports whether r carries a body with anything but white space in
+// it. Reading stops at the first other byte, which is left for the decoder:
+// r.Body is replaced by a reader that starts with it. A client that sends no
+// body, an empty one or one of white space (whatever its Content-Type) has
+// sent none.
+func hasBody(r *http.Request) (bool, error) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return false, nil
+	}
+	br := bufio.NewReader(r.Body)
+	for {
+		b, err := br.ReadByte()
+		if errors.Is(err, io.EOF) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err // the body limit's 413, or a broken connection
+		}
+		if !strings.ContainsRune(" \t\r\n", rune(b)) {
+			_ = br.UnreadByte() // cannot fail straight after ReadByte
+			break
+		}
+	}
+	r.Body = struct {
+		io.Reader
+		io.Closer
+	}{br, r.Body}
+	return true, nil
 }

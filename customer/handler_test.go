@@ -34,7 +34,7 @@ func TestCreateAndGet(t *testing.T) {
 		t.Errorf("Location %q, want %q", got, want)
 	}
 	want := Customer{ID: created.ID, Phone: "+254712345678", FirstName: "Zoë", LastName: "Wanjiru",
-		Location: "Nairobi", PreferredProduct: "Shoes 👟"}
+		Location: "Nairobi", PreferredProduct: "Shoes 👟", OptedOutChannels: []Channel{}}
 	if diff := cmp.Diff(want, created, cmpopts.IgnoreFields(Customer{}, "CreatedAt", "UpdatedAt")); diff != "" {
 		t.Errorf("created (-want +got):\n%s", diff)
 	}
@@ -57,7 +57,7 @@ func TestCreateAndGet(t *testing.T) {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	wantKeys := []string{"created_at", "first_name", "id", "last_name", "location", "phone", "preferred_product", "updated_at"}
+	wantKeys := []string{"created_at", "first_name", "id", "last_name", "location", "opted_out_channels", "phone", "preferred_product", "updated_at"}
 	if diff := cmp.Diff(wantKeys, keys); diff != "" {
 		t.Errorf("JSON keys (-want +got):\n%s", diff)
 	}
@@ -444,6 +444,8 @@ func TestUnavailableDatabaseIs503(t *testing.T) {
 		{"GET", "/customers/1", "", ""},
 		{"POST", "/customers", "application/json", `{"phone":"+254712345678"}`},
 		{"POST", "/customers/import", "application/json", `[{"phone":"+254712345678"}]`},
+		{"POST", "/customers/1/opt-out", "application/json", `{"channel":"sms"}`},
+		{"DELETE", "/customers/1/opt-out?channel=sms", "", ""},
 	} {
 		env := wantError(t, v.do(t, tt.method, tt.target, tt.ct, tt.body), http.StatusServiceUnavailable, errs.CodeUnavailable)
 		if env.Error.Details["dependency"] != "postgres" {

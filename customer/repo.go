@@ -13,10 +13,11 @@ import (
 	"github.com/campaignd/dispatch/platform/postgres"
 )
 
-// Repo is the customers table. It is the table's only writer. Every method
-// translates driver errors at this boundary: a missing row is ErrNotFound, a
-// duplicate phone ErrPhoneTaken, an unreachable database an UNAVAILABLE
-// errs.Error (via postgres.Classify); anything else is wrapped with context.
+// Repo is the customers and customer_opt_outs tables. It is their only
+// writer. Every method translates driver errors at this boundary: a missing
+// row (or an opt-out for a missing customer) is ErrNotFound, a duplicate
+// phone ErrPhoneTaken, an unreachable database an UNAVAILABLE errs.Error (via
+// postgres.Classify); anything else is wrapped with context.
 type Repo struct {
 	db *sqlx.DB
 }
@@ -36,18 +37,35 @@ const importChunk = 5000
 // the order of the struct's db tags.
 const columns = `id, phone, first_name, last_name, location, preferred_product, created_at, updated_at`
 
-const getSQL = `SELECT ` + columns + ` FROM customers WHERE id = $1`
+// getSQL reads the customer and its opt-outs in one statement. The ARRAY
+// subquery runs once, for the one row, on customer_opt_outs' primary key.
+const getSQL = `
+SELECT ` + columns + `,
+       ARRAY(SELECT o.channel FROM customer_opt_outs o WHERE o.customer_id = customers.id ORDER BY o.channel)
+           AS opted_out_channels
+FROM customers WHERE id = $1`
 
-// Get returns the customer with id, or ErrNotFound.
+// customerRow is a Customer as getSQL returns it, opt-outs included.
+type customerRow struct {
+	Customer
+	OptedOut pq.StringArray `db:"opted_out_channels"`
+}
+
+// Get returns the customer with id, its opt-outs included, or ErrNotFound.
 func (r *Repo) Get(ctx context.Context, id int64) (Customer, error) {
-	var c Customer
-	if err := r.db.GetContext(ctx, &c, getSQL, id); err != nil {
+	var row customerRow
+	if err := r.db.GetContext(ctx, &row, getSQL, id); err != nil {
 		if errors.Is(err, sql.ErrNoRows) {
 			return Customer{}, ErrNotFound.Withf("customer %d not found", id)
 		}
 		return Customer{}, postgres.Classify(err, "get customer "+strconv.FormatInt(id, 10))
 	}
-	return c.utc(), nil
+	c := row.Customer.utc()
+	c.OptedOutChannels = make([]Channel, len(row.OptedOut))
+	for i, ch := range row.OptedOut {
+		c.OptedOutChannels[i] = Channel(ch)
+	}
+	return c, nil
 }
 
 const createSQL = `
@@ -56,7 +74,8 @@ VALUES ($1, $2, $3, $4, $5)
 RETURNING ` + columns
 
 // Create stores in, which must already be normalised, and returns the new
-// customer. A phone that belongs to another customer is ErrPhoneTaken.
+// customer, who has opted out of nothing. A phone that belongs to another
+// customer is ErrPhoneTaken.
 func (r *Repo) Create(ctx context.Context, in Input) (Customer, error) {
 	var c Customer
 	err := r.db.GetContext(ctx, &c, createSQL, in.Phone, in.FirstName, in.LastName, in.Location, in.PreferredProduct)
@@ -66,7 +85,9 @@ func (r *Repo) Create(ctx context.Context, in Input) (Customer, error) {
 		}
 		return Customer{}, postgres.Classify(err, "create customer")
 	}
-	return c.utc(), nil
+	c = c.utc()
+	c.OptedOutChannels = []Channel{}
+	return c, nil
 }
 
 const phoneOwnerSQL = `SELECT id FROM customers WHERE phone = $1`
@@ -126,8 +147,12 @@ func (r *Repo) Count(ctx context.Context, f Filter) (int64, error) {
 const listSQL = `SELECT ` + columns + ` FROM customers`
 
 // List returns up to limit customers selected by f, newest (highest id)
-// first. A non-zero beforeID is a keyset walk: only ids below it, and offset
-// is ignored; otherwise offset rows are skipped.
+// first, their opt-outs included. A non-zero beforeID is a keyset walk: only
+// ids below it, and offset is ignored; otherwise offset rows are skipped.
+//
+// Opt-outs are read by a second query for the page's ids, not by a subquery
+// in the select list: PostgreSQL evaluates the select list for the rows an
+// OFFSET skips too, so a subquery would run once per skipped row.
 func (r *Repo) List(ctx context.Context, f Filter, limit, offset int, beforeID int64) ([]Customer, error) {
 	w, args := where(f)
 	q := listSQL + w
@@ -151,7 +176,92 @@ func (r *Repo) List(ctx context.Context, f Filter, limit, offset int, beforeID i
 	for i := range cs {
 		cs[i] = cs[i].utc()
 	}
+	if err := r.attachOptOuts(ctx, cs); err != nil {
+		return nil, err
+	}
 	return cs, nil
+}
+
+const optOutsOfSQL = `
+SELECT customer_id, channel FROM customer_opt_outs
+WHERE customer_id = ANY($1::bigint[])
+ORDER BY customer_id, channel`
+
+// attachOptOuts sets the OptedOutChannels of every customer in cs (to an
+// empty slice for those with none), sorted, in one query however many
+// customers cs holds.
+func (r *Repo) attachOptOuts(ctx context.Context, cs []Customer) error {
+	if len(cs) == 0 {
+		return nil
+	}
+	at := make(map[int64]int, len(cs)) // id → index in cs
+	ids := make([]int64, len(cs))
+	for i := range cs {
+		cs[i].OptedOutChannels = []Channel{}
+		at[cs[i].ID] = i
+		ids[i] = cs[i].ID
+	}
+	rows, err := r.db.QueryContext(ctx, optOutsOfSQL, pq.Array(ids))
+	if err != nil {
+		return postgres.Classify(err, "list opt-outs")
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id int64
+		var ch Channel
+		if err := rows.Scan(&id, &ch); err != nil {
+			return postgres.Classify(err, "scan opt-out")
+		}
+		if i, ok := at[id]; ok {
+			cs[i].OptedOutChannels = append(cs[i].OptedOutChannels, ch)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return postgres.Classify(err, "list opt-outs")
+	}
+	return nil
+}
+
+// optOutCustomerFK is the foreign key from customer_opt_outs to customers
+// (00003_lifecycle.sql, named by PostgreSQL's default).
+const optOutCustomerFK = "customer_opt_outs_customer_id_fkey"
+
+// optOutSQL does nothing when the opt-out exists, which makes OptOut
+// idempotent without a read first.
+const optOutSQL = `
+INSERT INTO customer_opt_outs (customer_id, channel) VALUES ($1, $2)
+ON CONFLICT (customer_id, channel) DO NOTHING`
+
+// OptOut records that customer id must not be messaged on ch, which must be
+// valid. Opting out again is not an error and keeps the first created_at.
+// An unknown customer is ErrNotFound.
+func (r *Repo) OptOut(ctx context.Context, id int64, ch Channel) error {
+	if _, err := r.db.ExecContext(ctx, optOutSQL, id, ch); err != nil {
+		if isUnknownCustomer(err) {
+			return ErrNotFound.Withf("customer %d not found", id)
+		}
+		return postgres.Classify(err, "opt customer "+strconv.FormatInt(id, 10)+" out of "+string(ch))
+	}
+	return nil
+}
+
+const optInSQL = `DELETE FROM customer_opt_outs WHERE customer_id = $1 AND channel = $2`
+
+// OptIn removes customer id's opt-out of ch, if there is one. It does not
+// check that the customer exists: a missing customer has no opt-out, so
+// there is nothing to do, and the caller reads the customer afterwards.
+func (r *Repo) OptIn(ctx context.Context, id int64, ch Channel) error {
+	if _, err := r.db.ExecContext(ctx, optInSQL, id, ch); err != nil {
+		return postgres.Classify(err, "opt customer "+strconv.FormatInt(id, 10)+" in to "+string(ch))
+	}
+	return nil
+}
+
+// isUnknownCustomer reports whether err is the foreign-key violation of an
+// opt-out naming a customer that does not exist.
+func isUnknownCustomer(err error) bool {
+	var pe *pq.Error
+	return errors.As(err, &pe) && pe.Code == "23503" && pe.Constraint == optOutCustomerFK
 }
 
 const phoneOwnersSQL = `SELECT phone, id FROM customers WHERE phone = ANY($1::text[])`

@@ -38,8 +38,40 @@ func (s *Service) Get(ctx context.Context, id int64) (Customer, error) {
 	return s.repo.Get(ctx, id)
 }
 
+// OptOut records that customer id must never be messaged on ch and returns
+// the customer as it now is. It is idempotent: opting out of a channel the
+// customer already opted out of succeeds and changes nothing. An invalid ch
+// is a VALIDATION_ERROR naming the channel field (checked before the
+// customer is looked up); an unknown customer is an error matching
+// ErrNotFound. The campaign and messaging features enforce the opt-out by
+// reading customer_opt_outs; this feature only records it.
+func (s *Service) OptOut(ctx context.Context, id int64, ch Channel) (Customer, error) {
+	if err := ch.validate(); err != nil {
+		return Customer{}, err
+	}
+	if err := s.repo.OptOut(ctx, id, ch); err != nil {
+		return Customer{}, err
+	}
+	return s.repo.Get(ctx, id)
+}
+
+// OptIn removes customer id's opt-out of ch, so the customer may be messaged
+// on it again, and returns the customer as it now is. Opting in to a channel
+// the customer has not opted out of succeeds and changes nothing. Errors are
+// as for OptOut.
+func (s *Service) OptIn(ctx context.Context, id int64, ch Channel) (Customer, error) {
+	if err := ch.validate(); err != nil {
+		return Customer{}, err
+	}
+	if err := s.repo.OptIn(ctx, id, ch); err != nil {
+		return Customer{}, err
+	}
+	// An unknown customer had nothing to delete; Get reports it.
+	return s.repo.Get(ctx, id)
+}
+
 // List returns one page of the customers f selects, newest first, with its
-// pagination block. A cursor request (req.AfterID set) continues after the
+// pagination block. Each customer carries its opt-outs. A cursor request (req.AfterID set) continues after the
 // cursor's last id, so a walk never repeats or skips a customer that existed
 // when it began. total_count counts every customer f selects.
 func (s *Service) List(ctx context.Context, f Filter, req page.Request) (page.List[Customer], error) {
