@@ -51,6 +51,8 @@ var ErrSimulatedNetwork = errors.New("simulated network error")
 
 // Ledger remembers which idempotency keys a provider has delivered.
 type Ledger interface {
+	// Seen reports whether key was delivered before, counting the call.
+	Seen(ctx context.Context, key int64) (bool, error)
 	// Deliver records key as delivered with content and reports whether this
 	// call delivered it (false: it had been delivered before).
 	Deliver(ctx context.Context, key int64, content string) (bool, error)
@@ -105,6 +107,16 @@ func (m *Mock) Send(ctx context.Context, out Outgoing) error {
 		case <-t.C:
 		}
 	}
+	// A provider that honours idempotency keys answers a repeat of a key it
+	// accepted with the original success, whatever its weather now;
+	// otherwise a message delivered just before a crash could end failed.
+	done, err := m.ledger.Seen(ctx, out.IdempotencyKey)
+	if err != nil {
+		return fmt.Errorf("mock provider: %w", err)
+	}
+	if done {
+		return nil
+	}
 	if permanent {
 		return Permanent(errors.New("simulated invalid destination"))
 	}
@@ -135,6 +147,17 @@ func (l *MemoryLedger) Deliver(_ context.Context, key int64, _ string) (bool, er
 	return l.delivered[key] == 1, nil
 }
 
+// Seen implements Ledger.
+func (l *MemoryLedger) Seen(_ context.Context, key int64) (bool, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.delivered[key] > 0 {
+		l.delivered[key]++
+		return true, nil
+	}
+	return false, nil
+}
+
 // Calls returns how many times key was handed to the ledger.
 func (l *MemoryLedger) Calls(key int64) int {
 	l.mu.Lock()
@@ -156,6 +179,16 @@ type PostgresLedger struct{ db *sqlx.DB }
 
 // NewPostgresLedger returns a ledger over db.
 func NewPostgresLedger(db *sqlx.DB) *PostgresLedger { return &PostgresLedger{db: db} }
+
+// Seen implements Ledger.
+func (l *PostgresLedger) Seen(ctx context.Context, key int64) (bool, error) {
+	res, err := l.db.ExecContext(ctx, `UPDATE mock_deliveries SET calls = calls + 1 WHERE message_id = $1`, key)
+	if err != nil {
+		return false, postgres.Classify(err, "mock ledger")
+	}
+	n, err := res.RowsAffected()
+	return n == 1, err
+}
 
 // Deliver implements Ledger: the first call for a key inserts it; later
 // calls only count themselves.
