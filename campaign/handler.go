@@ -1,6 +1,8 @@
 package campaign
 
 import (
+	"encoding/json"
+	"fmt"
 	"net/http"
 	"strconv"
 
@@ -51,7 +53,12 @@ func (h *Handler) send(c echo.Context) error {
 		c.Response().Header().Set("Idempotent-Replayed", "true")
 		return c.JSONBlob(replay.StatusCode, replay.Body)
 	}
-	return c.JSON(http.StatusAccepted, res)
+	// JSONBlob, not JSON: the bytes must equal those stored for a replay.
+	body, err := json.Marshal(res)
+	if err != nil {
+		return fmt.Errorf("encode send result: %w", err)
+	}
+	return c.JSONBlob(http.StatusAccepted, body)
 }
 
 // create serves POST /campaigns: 201 with the campaign and its Location.

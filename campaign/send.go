@@ -174,9 +174,9 @@ func sendHash(id int64, ids []int64) string {
 // when a live row exists, which then decides replay or reuse.
 const claimKeySQL = `
 INSERT INTO idempotency_keys (key, request_hash, status_code, response)
-VALUES ($1, $2, 0, '{}')
+VALUES ($1, $2, 0, '')
 ON CONFLICT (key) DO UPDATE
-    SET request_hash = EXCLUDED.request_hash, status_code = 0, response = '{}', created_at = now()
+    SET request_hash = EXCLUDED.request_hash, status_code = 0, response = '', created_at = now()
     WHERE idempotency_keys.created_at < now() - $3::interval
 RETURNING key`
 

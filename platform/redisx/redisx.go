@@ -25,6 +25,9 @@ func Open(ctx context.Context, url string) (*redis.Client, error) {
 	opt.ReadTimeout = 5 * time.Second
 	opt.WriteTimeout = 5 * time.Second
 	opt.DialTimeout = 3 * time.Second
+	// Let a caller's deadline or cancellation cut a call short, so shutdown
+	// and request timeouts are not held up by a slow or absent Redis.
+	opt.ContextTimeoutEnabled = true
 	c := redis.NewClient(opt)
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
