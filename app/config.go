@@ -74,6 +74,10 @@ type Config struct {
 		StaleAfter      time.Duration `mapstructure:"stale_after"`
 		FinishInterval  time.Duration `mapstructure:"finish_interval"`
 	} `mapstructure:"sweeper"`
+	Schedule struct {
+		Interval    time.Duration `mapstructure:"interval"`
+		MaxLateness time.Duration `mapstructure:"max_lateness"`
+	} `mapstructure:"schedule"`
 	Sender struct {
 		SuccessRate          float64       `mapstructure:"success_rate"`
 		PermanentFailureRate float64       `mapstructure:"permanent_failure_rate"`
@@ -208,6 +212,8 @@ func (c Config) Validate() error {
 		{"sweeper.unpushed_after (SWEEPER_UNPUSHED_AFTER)", c.Sweeper.UnpushedAfter},
 		{"sweeper.stale_after (SWEEPER_STALE_AFTER)", c.Sweeper.StaleAfter},
 		{"sweeper.finish_interval (SWEEPER_FINISH_INTERVAL)", c.Sweeper.FinishInterval},
+		{"schedule.interval (SCHEDULE_INTERVAL)", c.Schedule.Interval},
+		{"schedule.max_lateness (SCHEDULE_MAX_LATENESS)", c.Schedule.MaxLateness},
 	} {
 		if d.val <= 0 {
 			bad("%s must be positive", d.name)

@@ -39,21 +39,32 @@ func (c Channel) Valid() bool {
 }
 
 // Status is where a campaign is in its life cycle:
-// draft → sending, scheduled → sending, sending → sent | failed.
+//
+//	draft → sending, scheduled → sending          (send, or the scheduler at scheduled_at)
+//	scheduled → failed                           (came due later than SCHEDULE_MAX_LATENESS)
+//	sending ⇄ paused                             (pause, resume)
+//	sending → sent | failed                      (every message final; sent if any was sent)
+//	sent | failed → sending                      (retry-failed)
+//	draft | scheduled | sending | paused → cancelled
+//
+// Every transition is a guarded UPDATE, so concurrent requests and replicas
+// cannot both make the same one.
 type Status string
 
 const (
 	StatusDraft     Status = "draft"
 	StatusScheduled Status = "scheduled"
 	StatusSending   Status = "sending"
+	StatusPaused    Status = "paused"
 	StatusSent      Status = "sent"
 	StatusFailed    Status = "failed"
+	StatusCancelled Status = "cancelled"
 )
 
 // Valid reports whether s is a known status (mirrors campaigns_status_check).
 func (s Status) Valid() bool {
 	switch s {
-	case StatusDraft, StatusScheduled, StatusSending, StatusSent, StatusFailed:
+	case StatusDraft, StatusScheduled, StatusSending, StatusPaused, StatusSent, StatusFailed, StatusCancelled:
 		return true
 	}
 	return false
@@ -68,8 +79,14 @@ type Campaign struct {
 	Status       Status     `json:"status" db:"status"`
 	BaseTemplate string     `json:"base_template" db:"base_template"`
 	ScheduledAt  *time.Time `json:"scheduled_at" db:"scheduled_at"`
-	CreatedAt    time.Time  `json:"created_at" db:"created_at"`
-	UpdatedAt    time.Time  `json:"updated_at" db:"updated_at"`
+	// Audience is the stored audience a scheduled campaign is dispatched to
+	// (and a send without one uses); null when none was given.
+	Audience *Audience `json:"audience" db:"audience"`
+	// StatusReason says why a campaign ended as it did when that is not
+	// obvious, e.g. it came due too late to be sent; null otherwise.
+	StatusReason *string   `json:"status_reason" db:"status_reason"`
+	CreatedAt    time.Time `json:"created_at" db:"created_at"`
+	UpdatedAt    time.Time `json:"updated_at" db:"updated_at"`
 }
 
 // Summary is a campaign as a list shows it: without the template, which may be
@@ -84,13 +101,14 @@ type Summary struct {
 }
 
 // Stats counts a campaign's outbound messages by status. Every field is always
-// present in JSON and Pending+Sending+Sent+Failed == Total.
+// present in JSON and Pending+Sending+Sent+Failed+Cancelled == Total.
 type Stats struct {
-	Total   int64 `json:"total"`
-	Pending int64 `json:"pending"`
-	Sending int64 `json:"sending"`
-	Sent    int64 `json:"sent"`
-	Failed  int64 `json:"failed"`
+	Total     int64 `json:"total"`
+	Pending   int64 `json:"pending"`
+	Sending   int64 `json:"sending"`
+	Sent      int64 `json:"sent"`
+	Failed    int64 `json:"failed"`
+	Cancelled int64 `json:"cancelled"`
 }
 
 // Detail is a campaign with its delivery progress, the body of
@@ -114,6 +132,16 @@ var (
 	// ErrNotSendable is returned when a send is asked of a campaign that is
 	// not draft or scheduled (409); nothing changes.
 	ErrNotSendable = errs.New(errs.KindConflict, "CAMPAIGN_NOT_SENDABLE", "campaign is not draft or scheduled")
+	// ErrNotEditable is returned when PATCH is asked of a campaign that is
+	// not draft or scheduled (409); nothing changes.
+	ErrNotEditable = errs.New(errs.KindConflict, "CAMPAIGN_NOT_EDITABLE", "campaign is not draft or scheduled")
+	// ErrInvalidTransition is returned when pause, resume, cancel or
+	// retry-failed is asked of a campaign whose status does not allow it
+	// (409); details.status holds the current status.
+	ErrInvalidTransition = errs.New(errs.KindConflict, "INVALID_STATUS_TRANSITION", "the campaign's status does not allow this")
+	// ErrEmptyAudience is returned when a send's audience matches no
+	// customer who may be messaged on the channel (422); nothing changes.
+	ErrEmptyAudience = errs.New(errs.KindUnprocessable, "EMPTY_AUDIENCE", "the audience matches no customer")
 )
 
 // Templater checks and renders message templates (messaging.Templates
@@ -165,6 +193,10 @@ type CreateInput struct {
 	Channel      string  `json:"channel"`
 	BaseTemplate string  `json:"base_template"`
 	ScheduledAt  *string `json:"scheduled_at"`
+	// The audience to send to (at scheduled_at, or by a later send without
+	// one): customer_ids, or audience, not both.
+	CustomerIDs []int64   `json:"customer_ids"`
+	Audience    *Audience `json:"audience"`
 }
 
 // PreviewInput is the body of POST /campaigns/{id}/personalized-preview.
@@ -204,7 +236,27 @@ func validateCreate(in CreateInput, now time.Time, check func(string) error) (Ca
 	if err != nil {
 		return Campaign{}, err
 	}
-	return Campaign{Name: name, Channel: channel, Status: status, BaseTemplate: in.BaseTemplate, ScheduledAt: at}, nil
+	audience, err := optionalAudience(in.CustomerIDs, in.Audience)
+	if err != nil {
+		return Campaign{}, err
+	}
+	return Campaign{Name: name, Channel: channel, Status: status, BaseTemplate: in.BaseTemplate, ScheduledAt: at, Audience: audience}, nil
+}
+
+// optionalAudience validates the audience a campaign may be created or
+// edited with: customer_ids or audience, or neither.
+func optionalAudience(ids []int64, a *Audience) (*Audience, error) {
+	switch {
+	case ids != nil && a != nil:
+		return nil, errs.Validation("audience", "give customer_ids or audience, not both")
+	case ids != nil:
+		v, _, err := Audience{CustomerIDs: ids}.validate("customer_ids")
+		return &v, err
+	case a != nil:
+		v, _, err := a.validate("audience")
+		return &v, err
+	}
+	return nil, nil
 }
 
 // validateName returns name without surrounding whitespace, which is what is

@@ -287,12 +287,12 @@ func TestEnumsValid(t *testing.T) {
 			t.Errorf("%q.Valid() = true", c)
 		}
 	}
-	for _, s := range []Status{StatusDraft, StatusScheduled, StatusSending, StatusSent, StatusFailed} {
+	for _, s := range []Status{StatusDraft, StatusScheduled, StatusSending, StatusPaused, StatusSent, StatusFailed, StatusCancelled} {
 		if !s.Valid() {
 			t.Errorf("%q.Valid() = false", s)
 		}
 	}
-	for _, s := range []Status{"", "paused", "DRAFT"} {
+	for _, s := range []Status{"", "archived", "DRAFT"} {
 		if s.Valid() {
 			t.Errorf("%q.Valid() = true", s)
 		}

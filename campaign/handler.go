@@ -1,6 +1,7 @@
 package campaign
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -29,8 +30,47 @@ func (h *Handler) Register(e *echo.Echo) {
 	e.GET("/campaigns", h.list)
 	e.GET("/campaigns/:id", h.get)
 	e.POST("/campaigns/:id/personalized-preview", h.preview)
+	e.PATCH("/campaigns/:id", h.update)
 	if h.svc.dispatcher != nil {
 		e.POST("/campaigns/:id/send", h.send)
+		e.POST("/campaigns/:id/pause", h.action(h.svc.Pause))
+		e.POST("/campaigns/:id/resume", h.action(h.svc.Resume))
+		e.POST("/campaigns/:id/cancel", h.action(h.svc.Cancel))
+		e.POST("/campaigns/:id/retry-failed", h.action(h.svc.RetryFailed))
+	}
+}
+
+// update serves PATCH /campaigns/{id}: 200 with the edited campaign.
+func (h *Handler) update(c echo.Context) error {
+	id, err := httpx.PathID(c, "id")
+	if err != nil {
+		return err
+	}
+	var in UpdateInput
+	if err := httpx.BindJSON(c, &in); err != nil {
+		return err
+	}
+	camp, err := h.svc.Update(c.Request().Context(), id, in)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, camp)
+}
+
+// action serves the bodiless lifecycle routes (pause, resume, cancel,
+// retry-failed): 200 with the campaign's new status. A body, if sent, is
+// ignored.
+func (h *Handler) action(do func(ctx context.Context, id int64) (ActionResult, error)) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		id, err := httpx.PathID(c, "id")
+		if err != nil {
+			return err
+		}
+		res, err := do(c.Request().Context(), id)
+		if err != nil {
+			return err
+		}
+		return c.JSON(http.StatusOK, res)
 	}
 }
 

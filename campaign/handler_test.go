@@ -58,7 +58,7 @@ func TestCreate(t *testing.T) {
 		// The wire shape: exactly the contract's keys, scheduled_at null,
 		// times written in UTC.
 		raw := decodeJSON[map[string]any](t, te.do(http.MethodGet, fmt.Sprintf("/campaigns/%d", got.ID), ""), http.StatusOK)
-		wantKeys := []string{"base_template", "channel", "created_at", "id", "name", "scheduled_at", "stats", "status", "updated_at"}
+		wantKeys := []string{"audience", "base_template", "channel", "created_at", "id", "name", "scheduled_at", "stats", "status", "status_reason", "updated_at"}
 		if diff := cmp.Diff(wantKeys, keys(raw)); diff != "" {
 			t.Errorf("keys (-want +got):\n%s", diff)
 		}
@@ -242,7 +242,7 @@ func TestGetWithStats(t *testing.T) {
 			if err := json.Unmarshal(raw["stats"], &stats); err != nil {
 				t.Fatal(err)
 			}
-			if diff := cmp.Diff([]string{"failed", "pending", "sending", "sent", "total"}, keys(stats)); diff != "" {
+			if diff := cmp.Diff([]string{"cancelled", "failed", "pending", "sending", "sent", "total"}, keys(stats)); diff != "" {
 				t.Errorf("stats keys (-want +got):\n%s", diff)
 			}
 		})

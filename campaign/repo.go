@@ -27,25 +27,25 @@ func NewRepo(db *sqlx.DB) *Repo {
 }
 
 const insertSQL = `
-INSERT INTO campaigns (name, channel, status, base_template, scheduled_at)
-VALUES ($1, $2, $3, $4, $5)
-RETURNING id, name, channel, status, base_template, scheduled_at, created_at, updated_at`
+INSERT INTO campaigns (name, channel, status, base_template, scheduled_at, audience)
+VALUES ($1, $2, $3, $4, $5, $6)
+RETURNING ` + campaignColumns
 
 // Create inserts c (already validated; ID and timestamps are ignored) and
 // returns it as stored, with its id and timestamps.
 func (r *Repo) Create(ctx context.Context, c Campaign) (Campaign, error) {
 	var out Campaign
-	err := r.db.GetContext(ctx, &out, insertSQL, c.Name, c.Channel, c.Status, c.BaseTemplate, c.ScheduledAt)
+	err := r.db.GetContext(ctx, &out, insertSQL, c.Name, c.Channel, c.Status, c.BaseTemplate, c.ScheduledAt, c.Audience)
 	if err != nil {
 		return Campaign{}, postgres.Classify(err, "insert campaign")
 	}
 	return out.utc(), nil
 }
 
-const getSQL = `
-SELECT id, name, channel, status, base_template, scheduled_at, created_at, updated_at
-FROM campaigns
-WHERE id = $1`
+// campaignColumns is every column a Campaign scans.
+const campaignColumns = `id, name, channel, status, base_template, scheduled_at, audience, status_reason, created_at, updated_at`
+
+const getSQL = `SELECT ` + campaignColumns + ` FROM campaigns WHERE id = $1`
 
 // Get returns the campaign id, or ErrNotFound.
 func (r *Repo) Get(ctx context.Context, id int64) (Campaign, error) {
@@ -148,6 +148,8 @@ func (r *Repo) Stats(ctx context.Context, id int64) (Stats, error) {
 			s.Sent = n
 		case "failed":
 			s.Failed = n
+		case "cancelled":
+			s.Cancelled = n
 		}
 	}
 	if err := rows.Err(); err != nil {
@@ -156,7 +158,7 @@ func (r *Repo) Stats(ctx context.Context, id int64) (Stats, error) {
 	// Total is the sum rather than a separate count so the contract "they sum
 	// to total" holds even if messaging ever adds a status this code does not
 	// know yet (the CHECK constraint rules that out today).
-	s.Total = s.Pending + s.Sending + s.Sent + s.Failed
+	s.Total = s.Pending + s.Sending + s.Sent + s.Failed + s.Cancelled
 	return s, nil
 }
 

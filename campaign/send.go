@@ -30,84 +30,111 @@ const IdempotencyTTL = 24 * time.Hour
 var ErrIdempotencyKeyReused = errs.New(errs.KindConflict, "IDEMPOTENCY_KEY_REUSED",
 	"this Idempotency-Key was used with a different request")
 
-// Dispatcher creates and queues the messages of a send; the messaging
-// feature implements it. CreateMessages runs inside the send's transaction
-// so the messages and the campaign's move to sending commit together; it
-// returns an UNKNOWN_CUSTOMERS error when ids do not exist. Enqueue runs
-// after commit; a failure there loses nothing (the messages are stored and
-// the sweeper queues them), so Send reports success regardless.
+// Dispatcher creates and queues messages; the messaging feature implements
+// it (through an adapter in app). The methods that take a tx run inside the
+// campaign's own transaction, so the messages and the campaign's status
+// change commit together; each records a dispatch batch that Enqueue marks
+// pushed, so work whose push never happened (crash, Redis down) is pushed by
+// the sweeper. Enqueue runs after commit and streams the campaign's active
+// message ids to the queue with bounded memory; a failure there loses
+// nothing, so callers report success regardless.
 type Dispatcher interface {
-	CreateMessages(ctx context.Context, tx *sqlx.Tx, campaignID int64, customerIDs []int64) (batchID int64, messageIDs []int64, err error)
-	Enqueue(ctx context.Context, batchID int64, messageIDs []int64) error
+	// CreateMessages inserts one pending message per customer of a who has
+	// not opted out of channel. It returns an UNKNOWN_CUSTOMERS error when
+	// ids in a do not exist.
+	CreateMessages(ctx context.Context, tx *sqlx.Tx, campaignID int64, channel Channel, a Audience) (Created, error)
+	// CancelPending marks the campaign's pending messages cancelled.
+	CancelPending(ctx context.Context, tx *sqlx.Tx, campaignID int64) (int64, error)
+	// ResetFailed gives the campaign's failed messages fresh attempts
+	// (pending, retry_count 0) and returns their ids.
+	ResetFailed(ctx context.Context, tx *sqlx.Tx, campaignID int64) (batchID int64, ids []int64, err error)
+	// MarkForPush records that the campaign's active messages need pushing.
+	MarkForPush(ctx context.Context, tx *sqlx.Tx, campaignID int64) (batchID int64, err error)
+	// Enqueue removes forgetDead from the dead-letter list, pushes the
+	// campaign's active messages and marks the batch pushed.
+	Enqueue(ctx context.Context, campaignID, batchID int64, forgetDead []int64) error
 }
 
-// SendInput is the body of POST /campaigns/{id}/send.
+// Created is what CreateMessages did.
+type Created struct {
+	BatchID         int64
+	Messages        int64
+	SkippedOptedOut int64
+}
+
+// SendInput is the body of POST /campaigns/{id}/send: customer_ids, or an
+// audience, or neither to use the audience stored with the campaign.
 type SendInput struct {
-	CustomerIDs []int64 `json:"customer_ids"`
+	CustomerIDs []int64   `json:"customer_ids"`
+	Audience    *Audience `json:"audience"`
 }
 
 // SendResult is the 202 body of a send.
 type SendResult struct {
 	CampaignID        int64  `json:"campaign_id"`
-	MessagesQueued    int    `json:"messages_queued"`
+	MessagesQueued    int64  `json:"messages_queued"`
 	Status            Status `json:"status"`
 	DuplicatesRemoved int    `json:"duplicates_removed"`
+	SkippedOptedOut   int64  `json:"skipped_opted_out"`
 }
 
 // Replay is a stored response returned again for a repeated Idempotency-Key.
 type Replay struct {
 	StatusCode int
-	Body       json.RawMessage
+	Body       []byte
 }
 
-// WithDispatch enables Send: d creates and queues messages, log records
-// sends whose queue push must be left to the sweeper.
+// WithDispatch enables Send and the lifecycle controls: d creates and queues
+// messages, log records what no request returns (a deferred queue push, a
+// scheduled dispatch).
 func (s *Service) WithDispatch(d Dispatcher, log *slog.Logger) *Service {
 	s.dispatcher, s.log = d, log
 	return s
 }
 
 // Send moves campaign id from draft or scheduled to sending and creates one
-// message per distinct customer, all in one transaction, then queues them.
+// message per distinct customer of the audience, all in one transaction,
+// then queues them.
 //
-// Errors: VALIDATION_ERROR for bad ids or key, CAMPAIGN_NOT_FOUND,
+// Errors: VALIDATION_ERROR for a bad audience or key, CAMPAIGN_NOT_FOUND,
 // CAMPAIGN_NOT_SENDABLE when the campaign is in any other status (so of
-// concurrent sends exactly one succeeds), UNKNOWN_CUSTOMERS (nothing is
-// created), IDEMPOTENCY_KEY_REUSED. With a non-empty key, a repeat of a
-// successful request returns the first response as a Replay instead.
+// concurrent sends exactly one succeeds), UNKNOWN_CUSTOMERS, EMPTY_AUDIENCE
+// (nothing is created for either), IDEMPOTENCY_KEY_REUSED. With a non-empty
+// key, a repeat of a successful request returns the first response as a
+// Replay instead.
 func (s *Service) Send(ctx context.Context, id int64, in SendInput, key string) (SendResult, *Replay, error) {
-	ids, dups, err := validateSendIDs(in.CustomerIDs)
-	if err != nil {
-		return SendResult{}, nil, err
-	}
 	if err := validateIdempotencyKey(key); err != nil {
 		return SendResult{}, nil, err
 	}
 	var (
-		res      SendResult
-		replay   *Replay
-		batchID  int64
-		queueIDs []int64
+		res     SendResult
+		replay  *Replay
+		created Created
 	)
-	err = postgres.InTx(ctx, s.repo.db, func(tx *sqlx.Tx) error {
+	err := postgres.InTx(ctx, s.repo.db, func(tx *sqlx.Tx) error {
 		if key != "" {
 			// Taking the key first makes a concurrent request with the same
 			// key wait here for this transaction, then replay its answer.
-			r, err := claimIdempotencyKey(ctx, tx, key, sendHash(id, in.CustomerIDs))
+			r, err := claimIdempotencyKey(ctx, tx, key, sendHash(id, in))
 			if err != nil || r != nil {
 				replay = r
 				return err
 			}
 		}
-		if err := s.repo.startSending(ctx, tx, id); err != nil {
+		c, err := s.repo.lockForSend(ctx, tx, id)
+		if err != nil {
 			return err
 		}
-		var err error
-		batchID, queueIDs, err = s.dispatcher.CreateMessages(ctx, tx, id, ids)
+		a, dups, err := resolveAudience(in, c.Audience)
 		if err != nil {
-			return fmt.Errorf("send campaign %d: %w", id, err)
+			return err
 		}
-		res = SendResult{CampaignID: id, MessagesQueued: len(queueIDs), Status: StatusSending, DuplicatesRemoved: dups}
+		created, err = s.dispatch(ctx, tx, c, a)
+		if err != nil {
+			return err
+		}
+		res = SendResult{CampaignID: id, MessagesQueued: created.Messages, Status: StatusSending,
+			DuplicatesRemoved: dups, SkippedOptedOut: created.SkippedOptedOut}
 		if key != "" {
 			return storeIdempotentResponse(ctx, tx, key, http.StatusAccepted, res)
 		}
@@ -116,11 +143,38 @@ func (s *Service) Send(ctx context.Context, id int64, in SendInput, key string) 
 	if err != nil || replay != nil {
 		return SendResult{}, replay, err
 	}
-	if err := s.dispatcher.Enqueue(ctx, batchID, queueIDs); err != nil {
-		s.log.WarnContext(ctx, "send committed but queue push failed; the sweeper will queue the messages",
-			"campaign_id", id, "messages", len(queueIDs), "err", err)
-	}
+	s.enqueue(ctx, id, created.BatchID, nil)
 	return res, nil, nil
+}
+
+// dispatch moves the locked campaign c to sending and creates its messages
+// for audience a, inside tx.
+func (s *Service) dispatch(ctx context.Context, tx *sqlx.Tx, c Campaign, a Audience) (Created, error) {
+	if err := s.repo.setStatus(ctx, tx, c.ID, StatusSending, nil); err != nil {
+		return Created{}, err
+	}
+	created, err := s.dispatcher.CreateMessages(ctx, tx, c.ID, c.Channel, a)
+	if err != nil {
+		return Created{}, fmt.Errorf("send campaign %d: %w", c.ID, err)
+	}
+	if created.Messages == 0 {
+		return Created{}, ErrEmptyAudience.
+			Withf("the audience of campaign %d matches no customer who may be messaged on %s (%d opted out); nothing was sent",
+				c.ID, c.Channel, created.SkippedOptedOut).
+			WithDetail("skipped_opted_out", created.SkippedOptedOut)
+	}
+	return created, nil
+}
+
+// enqueue pushes after commit; a failure is logged, not returned: the
+// messages are stored and the sweeper pushes the unpushed batch.
+func (s *Service) enqueue(ctx context.Context, id, batchID int64, forgetDead []int64) {
+	// The push should finish even if the client hangs up now.
+	ctx = context.WithoutCancel(ctx)
+	if err := s.dispatcher.Enqueue(ctx, id, batchID, forgetDead); err != nil {
+		s.log.WarnContext(ctx, "committed but the queue push failed; the sweeper will queue the messages",
+			"campaign_id", id, "batch_id", batchID, "err", err)
+	}
 }
 
 // validateSendIDs checks customer_ids and removes duplicates, keeping the
@@ -160,13 +214,12 @@ func validateIdempotencyKey(key string) error {
 }
 
 // sendHash fingerprints a send request: the same key with another campaign
-// or other ids is a different request.
-func sendHash(id int64, ids []int64) string {
+// or another audience is a different request.
+func sendHash(id int64, in SendInput) string {
+	b, _ := json.Marshal(in) // cannot fail: plain types
 	h := sha256.New()
 	h.Write([]byte("send:" + strconv.FormatInt(id, 10) + ":"))
-	for _, c := range ids {
-		h.Write([]byte(strconv.FormatInt(c, 10) + ","))
-	}
+	h.Write(b)
 	return hex.EncodeToString(h.Sum(nil))
 }
 
@@ -212,29 +265,31 @@ func storeIdempotentResponse(ctx context.Context, tx *sqlx.Tx, key string, statu
 	return postgres.Classify(err, "store idempotent response")
 }
 
-// startSending is the guarded transition draft|scheduled → sending. The row
-// lock it takes makes a concurrent send wait, then find the campaign no
-// longer sendable.
-func (r *Repo) startSending(ctx context.Context, tx *sqlx.Tx, id int64) error {
-	res, err := tx.ExecContext(ctx, `
-UPDATE campaigns SET status = 'sending', updated_at = now()
-WHERE id = $1 AND status IN ('draft', 'scheduled')`, id)
-	if err != nil {
-		return postgres.Classify(err, fmt.Sprintf("start sending campaign %d", id))
-	}
-	if n, _ := res.RowsAffected(); n == 1 {
-		return nil
-	}
-	var status Status
-	err = tx.GetContext(ctx, &status, `SELECT status FROM campaigns WHERE id = $1`, id)
+// lockForSend locks campaign id's row for the send's transaction and
+// returns it, or CAMPAIGN_NOT_SENDABLE unless it is draft or scheduled. The
+// lock makes a concurrent send (or the scheduler) wait, then find the
+// campaign no longer sendable.
+func (r *Repo) lockForSend(ctx context.Context, tx *sqlx.Tx, id int64) (Campaign, error) {
+	var c Campaign
+	err := tx.GetContext(ctx, &c, `SELECT `+campaignColumns+` FROM campaigns WHERE id = $1 FOR UPDATE`, id)
 	if errors.Is(err, sql.ErrNoRows) {
-		return ErrNotFound.Withf("campaign %d not found", id)
+		return c, ErrNotFound.Withf("campaign %d not found", id)
 	}
 	if err != nil {
-		return postgres.Classify(err, fmt.Sprintf("read campaign %d", id))
+		return c, postgres.Classify(err, fmt.Sprintf("lock campaign %d", id))
 	}
-	return ErrNotSendable.Withf("campaign %d is %s; only draft or scheduled campaigns can be sent", id, status).
-		WithDetail("status", string(status))
+	if c.Status != StatusDraft && c.Status != StatusScheduled {
+		return c, ErrNotSendable.Withf("campaign %d is %s; only draft or scheduled campaigns can be sent", id, c.Status).
+			WithDetail("status", string(c.Status))
+	}
+	return c.utc(), nil
+}
+
+// setStatus sets a locked campaign's status (and reason) inside tx.
+func (r *Repo) setStatus(ctx context.Context, tx *sqlx.Tx, id int64, status Status, reason *string) error {
+	_, err := tx.ExecContext(ctx, `UPDATE campaigns SET status = $2, status_reason = $3, updated_at = now() WHERE id = $1`,
+		id, status, reason)
+	return postgres.Classify(err, fmt.Sprintf("set campaign %d %s", id, status))
 }
 
 // Finish moves every sending campaign whose messages are all final to sent

@@ -57,7 +57,7 @@ func newSendEnvOn(db *pgtest.DB, rdb *redis.Client, prefix string) *sendEnv {
 	msvc := messaging.NewService(messaging.NewRepo(db.DB), messaging.NewRedisQueue(rdb, prefix, sendQueueName),
 		messaging.MaintenanceOptions{}, sendLog)
 	svc := NewService(NewRepo(db.DB), messaging.Templates{}, testCustomers, func() time.Time { return testNow }).
-		WithDispatch(msvc, sendLog)
+		WithDispatch(messagingDispatcher{msvc}, sendLog)
 	return &sendEnv{
 		testEnv:  &testEnv{db: db, svc: svc, e: newEcho(svc)},
 		rdb:      rdb,
@@ -215,12 +215,12 @@ func distinctSorted(ids []int64) []int64 {
 func wantSendAccepted(t testing.TB, rec *httptest.ResponseRecorder, campaignID int64, queued, dups int) {
 	t.Helper()
 	got := decodeJSON[SendResult](t, rec, http.StatusAccepted)
-	want := SendResult{CampaignID: campaignID, MessagesQueued: queued, Status: StatusSending, DuplicatesRemoved: dups}
+	want := SendResult{CampaignID: campaignID, MessagesQueued: int64(queued), Status: StatusSending, DuplicatesRemoved: dups}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("send result (-want +got):\n%s", diff)
 	}
 	raw := decodeJSON[map[string]any](t, rec, http.StatusAccepted)
-	if diff := cmp.Diff([]string{"campaign_id", "duplicates_removed", "messages_queued", "status"}, keys(raw)); diff != "" {
+	if diff := cmp.Diff([]string{"campaign_id", "duplicates_removed", "messages_queued", "skipped_opted_out", "status"}, keys(raw)); diff != "" {
 		t.Errorf("send result keys (-want +got):\n%s", diff)
 	}
 }

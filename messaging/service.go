@@ -4,8 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"time"
-
-	"github.com/jmoiron/sqlx"
 )
 
 // Service is the messaging feature's face to the rest of the service: it
@@ -61,26 +59,6 @@ func (s *Service) Repo() *Repo { return s.repo }
 
 // Queue returns the service's queue.
 func (s *Service) Queue() *RedisQueue { return s.queue }
-
-// CreateMessages inserts one pending message per customer inside tx (the
-// caller's send transaction) and records the send as a dispatch batch; see
-// Repo.CreateMessages for the errors. The signature uses plain types so the
-// campaign feature can declare it without importing this package.
-func (s *Service) CreateMessages(ctx context.Context, tx *sqlx.Tx, campaignID int64, customerIDs []int64) (batchID int64, messageIDs []int64, err error) {
-	b, err := s.repo.CreateMessages(ctx, tx, campaignID, customerIDs)
-	return b.ID, b.MessageIDs, err
-}
-
-// Enqueue pushes a committed batch's message ids to the queue and marks the
-// batch pushed. On failure the batch stays unpushed and the sweeper pushes
-// it later, so the caller may report the send as accepted either way; the
-// error is for its log.
-func (s *Service) Enqueue(ctx context.Context, batchID int64, messageIDs []int64) error {
-	if err := s.queue.Push(ctx, messageIDs); err != nil {
-		return err
-	}
-	return s.repo.MarkPushed(ctx, batchID)
-}
 
 // QueueDepths reports the queue's sizes for /health.
 func (s *Service) QueueDepths(ctx context.Context) (Depths, error) { return s.queue.Depths(ctx) }
