@@ -100,7 +100,10 @@ func (q *RedisQueue) Fetch(ctx context.Context, consumer string, max int, wait t
 		return nil, redisx.Classify(err, "fetch jobs")
 	}
 	if len(vals) == 0 {
-		v, err := q.rdb.BLMove(ctx, q.keys.ready, proc, "RIGHT", "LEFT", wait).Result()
+		if wait < time.Millisecond {
+			return nil, nil // no wait asked for (BLMOVE would read 0 as forever)
+		}
+		v, err := q.blockingMove(ctx, q.keys.ready, proc, wait).Result()
 		if errors.Is(err, redis.Nil) {
 			return nil, nil
 		}
@@ -120,6 +123,19 @@ func (q *RedisQueue) Fetch(ctx context.Context, consumer string, max int, wait t
 		ids = append(ids, id)
 	}
 	return ids, nil
+}
+
+// blockingMove is BLMOVE src→dst (oldest first) waiting at most wait (at
+// least 1ms). go-redis's BLMove sends whole seconds only, rounding a 100ms
+// wait up to 1s; Redis 6+ takes fractions, so a wait shorter than the
+// client's read timeout (redisx: 5s) is sent as is, in milliseconds.
+func (q *RedisQueue) blockingMove(ctx context.Context, src, dst string, wait time.Duration) *redis.StringCmd {
+	if wait >= 3*time.Second || wait%time.Second == 0 {
+		return q.rdb.BLMove(ctx, src, dst, "RIGHT", "LEFT", wait)
+	}
+	cmd := redis.NewStringCmd(ctx, "blmove", src, dst, "RIGHT", "LEFT", strconv.FormatFloat(wait.Seconds(), 'f', 3, 64))
+	_ = q.rdb.Process(ctx, cmd)
+	return cmd
 }
 
 // Settlement is what to do with a batch of jobs once the database holds
@@ -143,21 +159,24 @@ func (q *RedisQueue) Settle(ctx context.Context, consumer string, s Settlement) 
 		return nil
 	}
 	proc := q.keys.processingPrefix + consumer
+	// LREM with count -1 removes one copy scanning from the tail, where the
+	// oldest jobs are (Fetch pushes at the head), so settling a batch does
+	// not walk the whole in-flight list once per job.
 	_, err := q.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		for _, id := range s.Done {
-			p.LRem(ctx, proc, 1, id)
+			p.LRem(ctx, proc, -1, id)
 		}
 		for id, at := range s.Delay {
 			p.ZAdd(ctx, q.keys.delayed, redis.Z{Score: float64(at.UnixMilli()), Member: id})
-			p.LRem(ctx, proc, 1, id)
+			p.LRem(ctx, proc, -1, id)
 		}
 		for _, id := range s.Dead {
 			p.LPush(ctx, q.keys.dead, id)
-			p.LRem(ctx, proc, 1, id)
+			p.LRem(ctx, proc, -1, id)
 		}
 		for _, id := range s.Requeue {
 			p.RPush(ctx, q.keys.ready, id)
-			p.LRem(ctx, proc, 1, id)
+			p.LRem(ctx, proc, -1, id)
 		}
 		return nil
 	})

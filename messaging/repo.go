@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -16,10 +17,33 @@ import (
 // Repo is the outbound_messages table's only writer.
 type Repo struct {
 	db *sqlx.DB
+
+	mu    sync.Mutex
+	stmts map[string]*sqlx.Stmt // the worker's per-batch statements, prepared once
 }
 
 // NewRepo returns a Repo over db.
-func NewRepo(db *sqlx.DB) *Repo { return &Repo{db: db} }
+func NewRepo(db *sqlx.DB) *Repo { return &Repo{db: db, stmts: map[string]*sqlx.Stmt{}} }
+
+// prepared returns query prepared on db, preparing it on first use. The
+// worker's claim and record run once per batch, many times a second: a
+// prepared statement is parsed and planned once per connection and runs in
+// one round trip instead of two. database/sql re-prepares it on each new
+// connection, so it survives reconnects; a failed prepare is retried on the
+// next call.
+func (r *Repo) prepared(ctx context.Context, query string) (*sqlx.Stmt, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if st, ok := r.stmts[query]; ok {
+		return st, nil
+	}
+	st, err := r.db.PreparexContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	r.stmts[query] = st
+	return st, nil
+}
 
 // Customer existence is checked by reading the customers table (owned by
 // the customer feature) in the send's own transaction: one set query instead
@@ -99,13 +123,27 @@ func (r *Repo) MarkPushed(ctx context.Context, batchID int64) error {
 // loads everything delivery needs in the same statement. It reads campaigns
 // and customers (owned by other features) in a join because it runs once per
 // batch on the hottest path.
+//
+// The guard is written as a CASE on purpose. Written as
+// (status = 'pending' AND ...) OR (status = 'sending' AND ...) it implies
+// the predicate of the partial indexes on active messages
+// (status IN ('pending', 'sending'): outbound_messages_active_idx and
+// outbound_messages_campaign_active_idx), and PostgreSQL, with no statistics
+// yet on a freshly filled table, ANDs a scan of such a whole index (every
+// active message, and every dead entry of one) with the primary-key lookup:
+// each 100-row claim then read the whole backlog, so a campaign's claims
+// cost O(n²). As a CASE the predicate is not provable and the claim reads
+// the batch's ids through the primary key only. Keep it so when changing it.
 const claimSQL = `
 WITH claimed AS (
     UPDATE outbound_messages m
     SET status = 'sending', updated_at = now()
     WHERE m.id = ANY($1::bigint[])
-      AND ((m.status = 'pending' AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now()))
-        OR (m.status = 'sending' AND m.updated_at < now() - $2::interval))
+      AND CASE m.status
+            WHEN 'pending' THEN m.next_attempt_at IS NULL OR m.next_attempt_at <= now()
+            WHEN 'sending' THEN m.updated_at < now() - $2::interval
+            ELSE false
+          END
     RETURNING m.id, m.campaign_id, m.customer_id, m.retry_count
 )
 SELECT c.id, c.campaign_id, c.retry_count, k.channel, k.base_template,
@@ -138,7 +176,11 @@ LEFT JOIN outbound_messages m ON m.id = u.id`
 // one worker only.
 func (r *Repo) Claim(ctx context.Context, ids []int64, lease time.Duration) ([]Job, []Unclaimed, error) {
 	var jobs []Job
-	if err := r.db.SelectContext(ctx, &jobs, claimSQL, pq.Array(ids), pgInterval(lease)); err != nil {
+	st, err := r.prepared(ctx, claimSQL)
+	if err != nil {
+		return nil, nil, postgres.Classify(err, "prepare claim")
+	}
+	if err := st.SelectContext(ctx, &jobs, pq.Array(ids), pgInterval(lease)); err != nil {
 		return nil, nil, postgres.Classify(err, "claim messages")
 	}
 	if len(jobs) == len(ids) {
@@ -216,7 +258,11 @@ func (r *Repo) Record(ctx context.Context, outcomes []Outcome) error {
 			next[i] = &t
 		}
 	}
-	_, err := r.db.ExecContext(ctx, recordSQL, pq.Array(ids), pq.Array(statuses), pq.Array(contents),
+	st, err := r.prepared(ctx, recordSQL)
+	if err != nil {
+		return postgres.Classify(err, "prepare record")
+	}
+	_, err = st.ExecContext(ctx, pq.Array(ids), pq.Array(statuses), pq.Array(contents),
 		pq.Array(errsText), pq.Array(attempted), pq.Array(timeArray(next)))
 	return postgres.Classify(err, "record outcomes")
 }
