@@ -167,7 +167,7 @@ func (a *App) Addr() string { return a.listener.Addr().String() }
 //     requests (api.shutdown_timeout), while, at the same time, the worker
 //     pool stops taking jobs and finishes in-flight deliveries
 //     (worker.drain_timeout), recording every outcome;
-//  2. the background loops (sweeper, promoter, reaper, finisher, scheduler) stop;
+//  2. the background loops (sweeper, promoter, reaper, materialiser, finisher, scheduler) stop;
 //  3. Close (called by the owner) closes Redis, then PostgreSQL.
 //
 // It returns nil after a clean shutdown.
@@ -189,6 +189,7 @@ func (a *App) Run(ctx context.Context) error {
 	defer stopLoops()
 	var loops sync.WaitGroup
 	loops.Go(func() { a.messaging.RunMaintenance(loopCtx) })                            // returns when loopCtx ends
+	loops.Go(func() { a.messaging.RunMaterializer(loopCtx, a.cfg.Sweeper.Interval) })   // returns when loopCtx ends
 	loops.Go(func() { a.campaigns.RunFinisher(loopCtx, a.cfg.Sweeper.FinishInterval) }) // returns when loopCtx ends
 	loops.Go(func() {                                                                   // returns when loopCtx ends
 		a.campaigns.RunScheduler(loopCtx, a.cfg.Schedule.Interval, a.cfg.Schedule.MaxLateness)

@@ -32,6 +32,6 @@ func (d dispatcher) MarkForPush(ctx context.Context, tx *sqlx.Tx, campaignID int
 	return d.svc.MarkForPush(ctx, tx, campaignID)
 }
 
-func (d dispatcher) Enqueue(ctx context.Context, campaignID, batchID int64, forgetDead []int64) error {
-	return d.svc.Enqueue(ctx, campaignID, batchID, forgetDead)
+func (d dispatcher) Enqueue(ctx context.Context, campaignID, batchID int64, messageIDs, forgetDead []int64) error {
+	return d.svc.Enqueue(ctx, campaignID, batchID, messageIDs, forgetDead)
 }

@@ -95,7 +95,7 @@ func (s *Service) Resume(ctx context.Context, id int64) (ActionResult, error) {
 	if err != nil {
 		return ActionResult{}, err
 	}
-	s.enqueue(ctx, id, batchID, nil)
+	s.enqueue(ctx, id, batchID, nil, nil)
 	s.log.InfoContext(ctx, "campaign resumed", "campaign_id", id)
 	return ActionResult{CampaignID: id, Status: StatusSending}, nil
 }
@@ -152,7 +152,7 @@ func (s *Service) RetryFailed(ctx context.Context, id int64) (ActionResult, erro
 	}
 	n := int64(len(ids))
 	if n > 0 {
-		s.enqueue(ctx, id, batchID, ids)
+		s.enqueue(ctx, id, batchID, ids, ids)
 		s.log.InfoContext(ctx, "failed messages requeued", "campaign_id", id, "messages", n)
 	}
 	return ActionResult{CampaignID: id, Status: status, MessagesRequeued: &n}, nil

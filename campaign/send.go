@@ -50,9 +50,10 @@ type Dispatcher interface {
 	ResetFailed(ctx context.Context, tx *sqlx.Tx, campaignID int64) (batchID int64, ids []int64, err error)
 	// MarkForPush records that the campaign's active messages need pushing.
 	MarkForPush(ctx context.Context, tx *sqlx.Tx, campaignID int64) (batchID int64, err error)
-	// Enqueue removes forgetDead from the dead-letter list, pushes the
-	// campaign's active messages and marks the batch pushed.
-	Enqueue(ctx context.Context, campaignID, batchID int64, forgetDead []int64) error
+	// Enqueue removes forgetDead from the dead-letter list, pushes
+	// messageIDs (nil: the campaign's active messages) and marks the batch
+	// pushed.
+	Enqueue(ctx context.Context, campaignID, batchID int64, messageIDs, forgetDead []int64) error
 }
 
 // Created is what CreateMessages did.
@@ -60,6 +61,9 @@ type Created struct {
 	BatchID         int64
 	Messages        int64
 	SkippedOptedOut int64
+	// MessageIDs are the new messages when they exist at once (an id send);
+	// nil when a large audience is materialised after commit.
+	MessageIDs []int64
 }
 
 // SendInput is the body of POST /campaigns/{id}/send: customer_ids, or an
@@ -143,7 +147,7 @@ func (s *Service) Send(ctx context.Context, id int64, in SendInput, key string) 
 	if err != nil || replay != nil {
 		return SendResult{}, replay, err
 	}
-	s.enqueue(ctx, id, created.BatchID, nil)
+	s.enqueue(ctx, id, created.BatchID, created.MessageIDs, nil)
 	return res, nil, nil
 }
 
@@ -168,10 +172,10 @@ func (s *Service) dispatch(ctx context.Context, tx *sqlx.Tx, c Campaign, a Audie
 
 // enqueue pushes after commit; a failure is logged, not returned: the
 // messages are stored and the sweeper pushes the unpushed batch.
-func (s *Service) enqueue(ctx context.Context, id, batchID int64, forgetDead []int64) {
+func (s *Service) enqueue(ctx context.Context, id, batchID int64, messageIDs, forgetDead []int64) {
 	// The push should finish even if the client hangs up now.
 	ctx = context.WithoutCancel(ctx)
-	if err := s.dispatcher.Enqueue(ctx, id, batchID, forgetDead); err != nil {
+	if err := s.dispatcher.Enqueue(ctx, id, batchID, messageIDs, forgetDead); err != nil {
 		s.log.WarnContext(ctx, "committed but the queue push failed; the sweeper will queue the messages",
 			"campaign_id", id, "batch_id", batchID, "err", err)
 	}
@@ -296,7 +300,8 @@ func (r *Repo) setStatus(ctx context.Context, tx *sqlx.Tx, id int64, status Stat
 // (at least one sent) or failed (none sent) and returns how many it moved.
 // The update is guarded by status = 'sending', so several replicas running
 // it at once finish each campaign exactly once. It reads outbound_messages
-// (the messaging feature's table) through the (campaign_id, status) index.
+// and dispatch_batches (the messaging feature's tables): a campaign whose
+// audience is still being materialised is not finished.
 func (r *Repo) Finish(ctx context.Context) ([]Finished, error) {
 	var out []Finished
 	err := r.db.SelectContext(ctx, &out, `
@@ -307,6 +312,8 @@ SET status = CASE WHEN EXISTS (SELECT 1 FROM outbound_messages m WHERE m.campaig
 WHERE k.status = 'sending'
   AND NOT EXISTS (SELECT 1 FROM outbound_messages m
                   WHERE m.campaign_id = k.id AND m.status IN ('pending', 'sending'))
+  AND NOT EXISTS (SELECT 1 FROM dispatch_batches b
+                  WHERE b.campaign_id = k.id AND b.filter IS NOT NULL)
 RETURNING k.id, k.status`)
 	return out, postgres.Classify(err, "finish campaigns")
 }

@@ -2,7 +2,11 @@ package messaging
 
 import (
 	"context"
+	"database/sql/driver"
+	"encoding/json"
+	"fmt"
 	"strings"
+	"time"
 
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
@@ -25,6 +29,9 @@ type Created struct {
 	BatchID         int64
 	Messages        int64
 	SkippedOptedOut int64
+	// MessageIDs are the new messages' ids when they were created at once
+	// (an id send); nil when the materialiser creates them.
+	MessageIDs []int64
 }
 
 // Both inserts read customers and customer_opt_outs (owned by the customer
@@ -41,51 +48,77 @@ WITH target AS (
 ), ins AS (
     INSERT INTO outbound_messages (campaign_id, customer_id)
     SELECT $1, id FROM target WHERE NOT opted_out ORDER BY id
-    RETURNING 1
+    RETURNING id
 )
-SELECT (SELECT count(*) FROM ins) AS messages, (SELECT count(*) FROM target WHERE opted_out) AS skipped`
+SELECT (SELECT count(*) FROM target)                  AS known,
+       (SELECT count(*) FROM target WHERE opted_out)  AS skipped,
+       (SELECT coalesce(array_agg(id), '{}') FROM ins) AS message_ids`
 
-const insertByFilterSQL = `
-WITH target AS (
+// countByFilterSQL sizes an audience send at request time; the messages
+// themselves are created by the materialiser (see RunMaterializer).
+const countByFilterSQL = `
+SELECT count(*) FILTER (WHERE NOT t.opted_out) AS messages,
+       count(*) FILTER (WHERE t.opted_out)     AS skipped,
+       coalesce(max(t.id), 0)                  AS max_id
+FROM (
     SELECT c.id,
-           EXISTS (SELECT 1 FROM customer_opt_outs o WHERE o.customer_id = c.id AND o.channel = $2) AS opted_out
+           EXISTS (SELECT 1 FROM customer_opt_outs o WHERE o.customer_id = c.id AND o.channel = $1) AS opted_out
     FROM customers c
-    WHERE ($3 = '' OR lower(c.location) = lower($3))
-      AND ($4 = '' OR lower(c.preferred_product) = lower($4))
-), ins AS (
-    INSERT INTO outbound_messages (campaign_id, customer_id)
-    SELECT $1, id FROM target WHERE NOT opted_out ORDER BY id
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM ins) AS messages, (SELECT count(*) FROM target WHERE opted_out) AS skipped`
+    WHERE ($2 = '' OR lower(c.location) = lower($2))
+      AND ($3 = '' OR lower(c.preferred_product) = lower($3))
+) t`
 
-// CreateMessages inserts, inside tx (the caller's transaction, which also
-// moves the campaign to sending), one pending message per customer of a who
-// has not opted out of channel, with one statement, and records the send as
-// an unpushed dispatch batch. Unknown ids in a give ErrUnknownCustomers
-// listing them and insert nothing.
+// CreateMessages creates, inside tx (the caller's transaction, which also
+// moves the campaign to sending), the messages of a send: one pending message
+// per customer of a who has not opted out of channel, recorded as an unpushed
+// dispatch batch. Unknown ids give ErrUnknownCustomers listing them.
+//
+// Explicit ids (at most 100,000) are inserted at once with one statement.
+// An audience filter can match millions, so it is only counted here, with
+// the highest matching customer id as the snapshot's bound, and the
+// materialiser inserts and pushes the messages in chunks right after commit.
+// Messages then counts what will be created: customers who opt out in the
+// meantime are left out, and are skipped at delivery anyway.
 func (s *Service) CreateMessages(ctx context.Context, tx *sqlx.Tx, campaignID int64, channel string, a Audience) (Created, error) {
+	if len(a.CustomerIDs) > 0 {
+		return s.createByIDs(ctx, tx, campaignID, channel, a.CustomerIDs)
+	}
+	f := filter{Location: strings.TrimSpace(a.Location), PreferredProduct: strings.TrimSpace(a.PreferredProduct)}
+	if a.All {
+		f = filter{}
+	}
 	var out struct {
 		Messages int64 `db:"messages"`
 		Skipped  int64 `db:"skipped"`
+		MaxID    int64 `db:"max_id"`
 	}
-	var err error
-	if len(a.CustomerIDs) > 0 {
-		if err := checkCustomersExist(ctx, tx, a.CustomerIDs); err != nil {
-			return Created{}, err
-		}
-		err = tx.GetContext(ctx, &out, insertByIDsSQL, campaignID, channel, pq.Array(a.CustomerIDs))
-	} else {
-		loc, prod := strings.TrimSpace(a.Location), strings.TrimSpace(a.PreferredProduct)
-		if a.All {
-			loc, prod = "", ""
-		}
-		err = tx.GetContext(ctx, &out, insertByFilterSQL, campaignID, channel, loc, prod)
-	}
-	if err != nil {
-		return Created{}, postgres.Classify(err, "insert messages")
+	if err := tx.GetContext(ctx, &out, countByFilterSQL, channel, f.Location, f.PreferredProduct); err != nil {
+		return Created{}, postgres.Classify(err, "size audience")
 	}
 	c := Created{Messages: out.Messages, SkippedOptedOut: out.Skipped}
+	if c.Messages == 0 {
+		return c, nil
+	}
+	err := tx.GetContext(ctx, &c.BatchID, `
+INSERT INTO dispatch_batches (campaign_id, messages, filter, channel, max_customer_id)
+VALUES ($1, $2, $3, $4, $5) RETURNING id`, campaignID, c.Messages, f, channel, out.MaxID)
+	return c, postgres.Classify(err, "insert dispatch batch")
+}
+
+func (s *Service) createByIDs(ctx context.Context, tx *sqlx.Tx, campaignID int64, channel string, ids []int64) (Created, error) {
+	var out struct {
+		Known   int           `db:"known"`
+		Skipped int64         `db:"skipped"`
+		IDs     pq.Int64Array `db:"message_ids"`
+	}
+	if err := tx.GetContext(ctx, &out, insertByIDsSQL, campaignID, channel, pq.Array(ids)); err != nil {
+		return Created{}, postgres.Classify(err, "insert messages")
+	}
+	if out.Known < len(ids) {
+		// Unknown ids were left out by the join; the caller rolls back.
+		return Created{}, unknownCustomers(ctx, tx, ids)
+	}
+	c := Created{Messages: int64(len(out.IDs)), SkippedOptedOut: out.Skipped, MessageIDs: out.IDs}
 	if c.Messages > 0 {
 		if err := tx.GetContext(ctx, &c.BatchID, insertBatchSQL, campaignID, c.Messages); err != nil {
 			return Created{}, postgres.Classify(err, "insert dispatch batch")
@@ -94,22 +127,48 @@ func (s *Service) CreateMessages(ctx context.Context, tx *sqlx.Tx, campaignID in
 	return c, nil
 }
 
-func checkCustomersExist(ctx context.Context, tx *sqlx.Tx, ids []int64) error {
+// filter is an audience filter as a materialising batch stores it; empty
+// fields do not filter.
+type filter struct {
+	Location         string `json:"location,omitempty"`
+	PreferredProduct string `json:"preferred_product,omitempty"`
+}
+
+// Value stores f as JSON.
+func (f filter) Value() (driver.Value, error) { return json.Marshal(f) }
+
+// Scan reads a filter stored by Value.
+func (f *filter) Scan(src any) error {
+	b, ok := src.([]byte)
+	if !ok {
+		return fmt.Errorf("scan filter: unexpected %T", src)
+	}
+	return json.Unmarshal(b, f)
+}
+
+// unknownCustomers builds the UNKNOWN_CUSTOMERS error for ids.
+func unknownCustomers(ctx context.Context, tx *sqlx.Tx, ids []int64) error {
 	var missing []int64
 	if err := tx.SelectContext(ctx, &missing, missingCustomersSQL, pq.Array(ids)); err != nil {
 		return postgres.Classify(err, "check customers")
 	}
 	if len(missing) == 0 {
-		return nil
+		return fmt.Errorf("customers vanished during the send; retry")
 	}
 	return ErrUnknownCustomers.
 		Withf("%d of the customer ids do not exist (first: %d); nothing was sent", countMissing(ctx, tx, ids, len(missing)), missing[0]).
 		WithDetail("missing_ids", missing)
 }
 
-// CancelPending marks the campaign's pending messages cancelled, inside tx
-// (the campaign's cancel). Messages being delivered right now finish.
+// CancelPending marks the campaign's pending messages cancelled and stops
+// materialising its audience, inside tx (the campaign's cancel). Messages
+// being delivered right now finish.
 func (s *Service) CancelPending(ctx context.Context, tx *sqlx.Tx, campaignID int64) (int64, error) {
+	if _, err := tx.ExecContext(ctx, `
+UPDATE dispatch_batches SET filter = NULL, pushed_at = coalesce(pushed_at, now())
+WHERE campaign_id = $1 AND filter IS NOT NULL`, campaignID); err != nil {
+		return 0, postgres.Classify(err, "stop materialising")
+	}
 	res, err := tx.ExecContext(ctx, `
 UPDATE outbound_messages SET status = 'cancelled', last_error = 'campaign cancelled', updated_at = now()
 WHERE campaign_id = $1 AND status = 'pending'`, campaignID)
@@ -145,19 +204,57 @@ func (s *Service) MarkForPush(ctx context.Context, tx *sqlx.Tx, campaignID int64
 }
 
 // Enqueue runs after the caller's commit: it removes forgetDead from the
-// dead-letter list, pushes every active message of the campaign (paging by
-// id, so memory stays bounded for a million recipients) and marks the batch
-// pushed. On failure the batch stays unpushed and the sweeper pushes it
-// later; the error is for the caller's log.
-func (s *Service) Enqueue(ctx context.Context, campaignID, batchID int64, forgetDead []int64) error {
+// dead-letter list, pushes messageIDs (or, when nil, every active message of
+// the campaign, paging by id so memory stays bounded) and marks the batch
+// pushed. A batch still to be materialised is left to the materialiser,
+// which is woken. On failure the batch stays unpushed and the sweeper pushes
+// it later; the error is for the caller's log.
+func (s *Service) Enqueue(ctx context.Context, campaignID, batchID int64, messageIDs, forgetDead []int64) error {
 	if err := s.queue.ForgetDead(ctx, forgetDead); err != nil {
 		return err
 	}
-	if _, err := s.requeueActive(ctx, campaignID); err != nil {
-		return err
+	switch {
+	case messageIDs != nil:
+		if err := s.queue.Push(ctx, messageIDs); err != nil {
+			return err
+		}
+	case batchID != 0:
+		var materializing bool
+		if err := s.repo.db.GetContext(ctx, &materializing,
+			`SELECT filter IS NOT NULL FROM dispatch_batches WHERE id = $1`, batchID); err != nil {
+			return postgres.Classify(err, "read dispatch batch")
+		}
+		if materializing {
+			s.wakeMaterializer()
+			return nil
+		}
+		fallthrough
+	default:
+		if _, err := s.requeueActive(ctx, campaignID); err != nil {
+			return err
+		}
 	}
 	if batchID == 0 {
 		return nil
 	}
 	return s.repo.MarkPushed(ctx, batchID)
+}
+
+// unpushedBatches returns batches created before cutoff whose messages
+// never reached the queue. Batches still materialising are the
+// materialiser's to push.
+func (s *Service) unpushedBatches(ctx context.Context, cutoff time.Time) ([]Batch, error) {
+	var rows []struct {
+		ID         int64 `db:"id"`
+		CampaignID int64 `db:"campaign_id"`
+	}
+	err := s.repo.db.SelectContext(ctx, &rows, `
+SELECT id, campaign_id FROM dispatch_batches
+WHERE pushed_at IS NULL AND filter IS NULL AND created_at < $1
+ORDER BY id LIMIT 100`, cutoff)
+	out := make([]Batch, len(rows))
+	for i, r := range rows {
+		out[i] = Batch{ID: r.ID, CampaignID: r.CampaignID}
+	}
+	return out, postgres.Classify(err, "list unpushed batches")
 }

@@ -119,10 +119,12 @@ func (r *Repo) MarkPushed(ctx context.Context, batchID int64) error {
 }
 
 // The claim takes pending messages that are due, and messages left in
-// sending for longer than the lease (their worker died mid-delivery), and
-// loads everything delivery needs in the same statement. It reads campaigns
-// and customers (owned by other features) in a join because it runs once per
-// batch on the hottest path.
+// sending for longer than the lease (their worker died mid-delivery), of
+// campaigns that are sending, and loads everything delivery needs in the
+// same statement. Messages of a cancelled campaign, or whose customer opted
+// out of the channel, become cancelled instead. It reads campaigns,
+// customers and customer_opt_outs (owned by other features) in a join
+// because it runs once per batch on the hottest path.
 //
 // The guard is written as a CASE on purpose. Written as
 // (status = 'pending' AND ...) OR (status = 'sending' AND ...) it implies
@@ -135,10 +137,33 @@ func (r *Repo) MarkPushed(ctx context.Context, batchID int64) error {
 // cost O(n²). As a CASE the predicate is not provable and the claim reads
 // the batch's ids through the primary key only. Keep it so when changing it.
 const claimSQL = `
-WITH claimed AS (
+WITH cand AS (
+    SELECT m.id, k.status AS campaign_status, k.channel,
+           EXISTS (SELECT 1 FROM customer_opt_outs o
+                   WHERE o.customer_id = m.customer_id AND o.channel = k.channel) AS opted_out
+    FROM outbound_messages m
+    JOIN campaigns k ON k.id = m.campaign_id
+    WHERE m.id = ANY($1::bigint[])
+), skipped AS (
+    -- Checked just before delivery: a customer who opted out after the
+    -- send, or a campaign cancelled meanwhile, ends the message unsent.
+    UPDATE outbound_messages m
+    SET status = 'cancelled', updated_at = now(),
+        last_error = CASE WHEN c.opted_out THEN 'not sent: customer opted out of ' || c.channel
+                          ELSE 'not sent: campaign cancelled' END
+    FROM cand c
+    WHERE m.id = c.id AND (c.opted_out OR c.campaign_status = 'cancelled')
+      AND CASE m.status
+            WHEN 'pending' THEN true
+            WHEN 'sending' THEN m.updated_at < now() - $2::interval
+            ELSE false
+          END
+    RETURNING m.id
+), claimed AS (
     UPDATE outbound_messages m
     SET status = 'sending', updated_at = now()
-    WHERE m.id = ANY($1::bigint[])
+    FROM cand c
+    WHERE m.id = c.id AND c.campaign_status = 'sending' AND NOT c.opted_out
       AND CASE m.status
             WHEN 'pending' THEN m.next_attempt_at IS NULL OR m.next_attempt_at <= now()
             WHEN 'sending' THEN m.updated_at < now() - $2::interval
@@ -161,14 +186,18 @@ type Unclaimed struct {
 	RetryAt time.Time
 }
 
+// A job of a campaign that is not sending (paused) is dropped: resuming
+// queues the campaign's pending messages again.
 const unclaimedSQL = `
 SELECT u.id,
        CASE
+         WHEN k.status IS DISTINCT FROM 'sending' THEN NULL
          WHEN m.status = 'pending' THEN coalesce(m.next_attempt_at, now())
          WHEN m.status = 'sending' THEN m.updated_at + $2::interval
        END AS retry_at
 FROM unnest($1::bigint[]) AS u(id)
-LEFT JOIN outbound_messages m ON m.id = u.id`
+LEFT JOIN outbound_messages m ON m.id = u.id
+LEFT JOIN campaigns k ON k.id = m.campaign_id`
 
 // Claim moves the given messages to sending and returns them as jobs, plus
 // what to do with the ids it could not claim. Claiming is a guarded update,

@@ -15,6 +15,7 @@ type Service struct {
 	log   *slog.Logger
 	opts  MaintenanceOptions
 	now   func() time.Time
+	wake  chan struct{} // wakes the materialiser
 }
 
 // MaintenanceOptions pace the background loops.
@@ -51,7 +52,7 @@ func (o *MaintenanceOptions) defaults() {
 // NewService wires the messaging feature.
 func NewService(repo *Repo, queue *RedisQueue, opts MaintenanceOptions, log *slog.Logger) *Service {
 	opts.defaults()
-	return &Service{repo: repo, queue: queue, opts: opts, log: log, now: time.Now}
+	return &Service{repo: repo, queue: queue, opts: opts, log: log, now: time.Now, wake: make(chan struct{}, 1)}
 }
 
 // Repo returns the service's repository (the pool shares it).
@@ -130,7 +131,7 @@ func (s *Service) Sweep(ctx context.Context) {
 		s.log.Info("queue (re)built from postgres: redis held no queue state", "messages", n)
 	}
 
-	batches, err := s.repo.UnpushedBatches(ctx, s.now().Add(-s.opts.UnpushedAfter))
+	batches, err := s.unpushedBatches(ctx, s.now().Add(-s.opts.UnpushedAfter))
 	if err != nil {
 		s.log.Warn("sweeper cannot read unpushed sends", "err", err)
 		return
