@@ -11,8 +11,11 @@ package app
 //   - BenchmarkThroughput: end to end, from the send request until no
 //     message of the campaign is pending or sending, with the default mock
 //     latency (uniform 50-200 ms, mean 125 ms) and success rate 1 at
-//     worker_concurrency 50, 200 and 1,000, plus one run at the default
-//     success rate 0.92; msgs/s, ratio to the ideal concurrency/0.125 s, and
+//     worker_concurrency 50, 200 and 1,000, sent as {"audience":{"all":true}}
+//     (delivery overlaps the chunked creation of messages); at 1,000 also
+//     sent as a customer_ids list (every message created before the 202)
+//     and at the default success rate 0.92; msgs/s, ratio to the ideal
+//     concurrency/0.125 s, and
 //     peak_rss_MB, the test process's (app plus client) peak RSS during the
 //     run (VmHWM, reset before the send). send_ms is the send request within
 //     the run and ratio_after_send the ratio of the delivery phase alone.
@@ -266,13 +269,20 @@ type throughputRun struct {
 }
 
 // runDelivery boots an app with cfg, sends n messages in one request and
-// times it until every message is final.
-func runDelivery(b *testing.B, cfg Config, n int) throughputRun {
+// times it until every message is final. With audience the request is
+// {"audience":{"all":true}} (the app's database holds exactly the n
+// customers), whose messages are materialised in chunks after the 202, so
+// delivery overlaps their creation; otherwise it lists the n customer_ids,
+// whose messages all exist before the 202.
+func runDelivery(b *testing.B, cfg Config, n int, audience bool) throughputRun {
 	b.Helper()
 	b.StopTimer()
 	ba := startBenchApp(b, cfg)
 	ids := ba.addCustomers(b, n)
 	body := sendBody(ids)
+	if audience {
+		body = []byte(`{"audience":{"all":true}}`)
+	}
 	id := ba.newCampaign(b)
 	resetPeakRSS(b)
 	r := throughputRun{msgs: n, baseline: rssMB(b, "VmRSS"), load: loadAvg()}
@@ -304,12 +314,21 @@ func runDelivery(b *testing.B, cfg Config, n int) throughputRun {
 func BenchmarkThroughput(b *testing.B) {
 	const seconds = 8
 	for _, c := range []int{50, 200, 1000} {
-		for _, rate := range []float64{1, 0.92} {
+		for _, v := range []struct {
+			rate float64
+			ids  bool
+		}{{1, false}, {1, true}, {0.92, false}} {
+			rate := v.rate
 			name := fmt.Sprintf("concurrency=%d", c)
-			if rate < 1 {
+			if v.ids || rate < 1 {
 				if c != 1000 {
-					continue // the default success rate once, at the largest pool
+					continue // the variants once, at the largest pool
 				}
+			}
+			if v.ids {
+				name += "/customer_ids"
+			}
+			if rate < 1 {
 				name += "/success=0.92"
 			}
 			b.Run(name, func(b *testing.B) {
@@ -323,7 +342,7 @@ func BenchmarkThroughput(b *testing.B) {
 					cfg := benchConfig(b)
 					cfg.WorkerConcurrency = c
 					cfg.Sender.SuccessRate = rate
-					r := runDelivery(b, cfg, n)
+					r := runDelivery(b, cfg, n, !v.ids)
 					msgs += r.msgs
 					elapsed += r.elapsed
 					send += r.send
@@ -363,7 +382,7 @@ func BenchmarkCeiling(b *testing.B) {
 	var elapsed, send time.Duration
 	var cpu cpuUsage
 	for range b.N {
-		r := runDelivery(b, cfg, n)
+		r := runDelivery(b, cfg, n, false)
 		elapsed += r.elapsed
 		send += r.send
 		pg += pgBatchedUpdateRate(b, cfg, cfg.Worker.BatchSize) / float64(b.N)

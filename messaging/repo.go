@@ -45,9 +45,9 @@ func (r *Repo) prepared(ctx context.Context, query string) (*sqlx.Stmt, error) {
 	return st, nil
 }
 
-// Customer existence is checked by reading the customers table (owned by
-// the customer feature) in the send's own transaction: one set query instead
-// of a call per id, and no window between the check and the insert.
+// When an id send names unknown customers, they are listed by reading the
+// customers table (owned by the customer feature) in the send's own
+// transaction: one set query, run only on that failure path.
 const missingCustomersSQL = `
 SELECT u.id
 FROM unnest($1::bigint[]) AS u(id)
@@ -55,45 +55,14 @@ WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.id = u.id)
 ORDER BY u.id
 LIMIT 100`
 
-const insertMessagesSQL = `
-INSERT INTO outbound_messages (campaign_id, customer_id)
-SELECT $1, u.id FROM unnest($2::bigint[]) AS u(id)
-RETURNING id`
-
 const insertBatchSQL = `
 INSERT INTO dispatch_batches (campaign_id, messages) VALUES ($1, $2) RETURNING id`
 
-// Batch is the result of CreateMessages: the new message ids and the
-// dispatch batch that records whether they reached the queue.
+// Batch is a dispatch batch: one send (or resume, or retry) whose messages
+// must reach the queue.
 type Batch struct {
 	ID         int64
 	CampaignID int64
-	MessageIDs []int64
-}
-
-// CreateMessages inserts one pending message per customer id, with one
-// statement, inside tx (the caller's send transaction, which also moves the
-// campaign to sending, so both commit or neither does). customerIDs must be
-// free of duplicates. Unknown ids give ErrUnknownCustomers listing them, and
-// nothing is inserted.
-func (r *Repo) CreateMessages(ctx context.Context, tx *sqlx.Tx, campaignID int64, customerIDs []int64) (Batch, error) {
-	b := Batch{CampaignID: campaignID}
-	var missing []int64
-	if err := tx.SelectContext(ctx, &missing, missingCustomersSQL, pq.Array(customerIDs)); err != nil {
-		return b, postgres.Classify(err, "check customers")
-	}
-	if len(missing) > 0 {
-		return b, ErrUnknownCustomers.
-			Withf("%d of the customer ids do not exist (first: %d); nothing was sent", countMissing(ctx, tx, customerIDs, len(missing)), missing[0]).
-			WithDetail("missing_ids", missing)
-	}
-	if err := tx.SelectContext(ctx, &b.MessageIDs, insertMessagesSQL, campaignID, pq.Array(customerIDs)); err != nil {
-		return b, postgres.Classify(err, "insert messages")
-	}
-	if err := tx.GetContext(ctx, &b.ID, insertBatchSQL, campaignID, len(b.MessageIDs)); err != nil {
-		return b, postgres.Classify(err, "insert dispatch batch")
-	}
-	return b, nil
 }
 
 // countMissing counts every unknown id when the first page was full, so the
@@ -332,27 +301,6 @@ WHERE status IN ('pending', 'sending') AND id > $1 AND ($2 = 0 OR campaign_id = 
 ORDER BY id
 LIMIT $3`, afterID, campaignID, limit)
 	return ids, postgres.Classify(err, "list active messages")
-}
-
-// UnpushedBatches returns batches created before cutoff whose ids never
-// reached the queue.
-func (r *Repo) UnpushedBatches(ctx context.Context, cutoff time.Time) ([]Batch, error) {
-	var rows []struct {
-		ID         int64 `db:"id"`
-		CampaignID int64 `db:"campaign_id"`
-	}
-	err := r.db.SelectContext(ctx, &rows, `
-SELECT id, campaign_id FROM dispatch_batches
-WHERE pushed_at IS NULL AND created_at < $1
-ORDER BY id LIMIT 100`, cutoff)
-	if err != nil {
-		return nil, postgres.Classify(err, "list unpushed batches")
-	}
-	out := make([]Batch, len(rows))
-	for i, r := range rows {
-		out[i] = Batch{ID: r.ID, CampaignID: r.CampaignID}
-	}
-	return out, nil
 }
 
 // TouchStale marks up to limit messages that should be moving but have not
