@@ -14,8 +14,13 @@ import (
 
 // materializeChunk is how many customers one materialising transaction
 // scans: large enough that a million recipients take few round trips, small
-// enough that each transaction and each push stays short.
-const materializeChunk = 20_000
+// enough that each transaction and each push stays short. The first chunk
+// of a send is smaller, so the workers have jobs within milliseconds of the
+// 202 instead of after a full chunk.
+const (
+	materializeChunk      = 20_000
+	materializeFirstChunk = 1_000
+)
 
 // materialization is a dispatch batch whose audience is still being turned
 // into messages.
@@ -127,11 +132,15 @@ func (s *Service) materializeStep(ctx context.Context) (bool, error) {
 			Scanned int           `db:"scanned"`
 			IDs     pq.Int64Array `db:"message_ids"`
 		}
+		limit := materializeChunk
+		if m.Cursor == 0 {
+			limit = materializeFirstChunk
+		}
 		if err := tx.GetContext(ctx, &out, materializeChunkSQL, m.CampaignID, m.Channel, m.Cursor, m.MaxCustomerID,
-			m.Filter.Location, m.Filter.PreferredProduct, materializeChunk); err != nil {
+			m.Filter.Location, m.Filter.PreferredProduct, limit); err != nil {
 			return postgres.Classify(err, "materialise chunk")
 		}
-		ids, upTo, done = out.IDs, max(out.Last, m.Cursor), out.Scanned < materializeChunk
+		ids, upTo, done = out.IDs, max(out.Last, m.Cursor), out.Scanned < limit
 		if done {
 			upTo = m.MaxCustomerID
 		}
