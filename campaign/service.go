@@ -61,22 +61,12 @@ func (s *Service) Get(ctx context.Context, id int64) (Detail, error) {
 // so that a cursor only continues the list it was issued for. Data is never
 // nil, so an empty page is JSON [].
 func (s *Service) List(ctx context.Context, f Filter, req page.Request) (page.List[Summary], error) {
-	q := ListQuery{Filter: f, AfterID: req.AfterID, Offset: int64(req.Offset()), Limit: req.Size + 1}
+	q := ListQuery{Filter: f, AfterID: req.AfterID, Offset: int64(req.Offset()), Limit: req.Limit()}
 	items, total, err := s.repo.List(ctx, q)
 	if err != nil {
 		return page.List[Summary]{}, err
 	}
-	// One row more than the page was fetched to learn whether another page
-	// follows without a second query.
-	hasMore := len(items) > req.Size
-	if hasMore {
-		items = items[:req.Size]
-	}
-	var lastID int64
-	if len(items) > 0 {
-		lastID = items[len(items)-1].ID
-	}
-	return page.List[Summary]{Data: items, Pagination: req.Info(total, lastID, hasMore)}, nil
+	return page.New(items, req, total, func(c Summary) int64 { return c.ID }), nil
 }
 
 // Preview renders the campaign's template, or in's override, for one

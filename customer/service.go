@@ -71,14 +71,13 @@ func (s *Service) OptIn(ctx context.Context, id int64, ch Channel) (Customer, er
 }
 
 // List returns one page of the customers f selects, newest first, with its
-// pagination block. Each customer carries its opt-outs. A cursor request (req.AfterID set) continues after the
+// pagination block. Each customer carries its opt-outs. A cursor request
+// (req.AfterID set) continues after the
 // cursor's last id, so a walk never repeats or skips a customer that existed
 // when it began. total_count counts every customer f selects.
 func (s *Service) List(ctx context.Context, f Filter, req page.Request) (page.List[Customer], error) {
 	f = f.normalized()
-	// One row more than the page tells whether another page follows
-	// without a second query.
-	rows, err := s.repo.List(ctx, f, req.Size+1, req.Offset(), req.AfterID)
+	rows, err := s.repo.List(ctx, f, req.Limit(), req.Offset(), req.AfterID)
 	if err != nil {
 		return page.List[Customer]{}, err
 	}
@@ -86,15 +85,7 @@ func (s *Service) List(ctx context.Context, f Filter, req page.Request) (page.Li
 	if err != nil {
 		return page.List[Customer]{}, err
 	}
-	hasMore := len(rows) > req.Size
-	if hasMore {
-		rows = rows[:req.Size]
-	}
-	var lastID int64
-	if len(rows) > 0 {
-		lastID = rows[len(rows)-1].ID
-	}
-	return page.List[Customer]{Data: rows, Pagination: req.Info(total, lastID, hasMore)}, nil
+	return page.New(rows, req, total, func(c Customer) int64 { return c.ID }), nil
 }
 
 // Create validates in, normalises its phone to E.164 and stores it. Invalid

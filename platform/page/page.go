@@ -145,3 +145,25 @@ func decode(s string) (cursor, error) {
 	}
 	return c, nil
 }
+
+// Limit is how many rows to fetch for r: one more than the page, so that
+// New can tell whether another page follows without a second query.
+func (r Request) Limit() int { return r.Size + 1 }
+
+// New builds a list response from rows fetched with r.Limit(), newest
+// first, and total. id returns a row's id, for the next cursor. Data is
+// never nil, so an empty page is JSON [].
+func New[T any](rows []T, r Request, total int64, id func(T) int64) List[T] {
+	hasMore := len(rows) > r.Size
+	if hasMore {
+		rows = rows[:r.Size]
+	}
+	if rows == nil {
+		rows = []T{}
+	}
+	var lastID int64
+	if len(rows) > 0 {
+		lastID = id(rows[len(rows)-1])
+	}
+	return List[T]{Data: rows, Pagination: r.Info(total, lastID, hasMore)}
+}
