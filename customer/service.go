@@ -72,9 +72,9 @@ func (s *Service) OptIn(ctx context.Context, id int64, ch Channel) (Customer, er
 
 // List returns one page of the customers f selects, newest first, with its
 // pagination block. Each customer carries its opt-outs. A cursor request
-// (req.AfterID set) continues after the
-// cursor's last id, so a walk never repeats or skips a customer that existed
-// when it began. total_count counts every customer f selects.
+// (req.AfterID set) continues after the cursor's last id, so a walk never
+// repeats or skips a customer that existed when it began. total_count counts
+// every customer f selects.
 func (s *Service) List(ctx context.Context, f Filter, req page.Request) (page.List[Customer], error) {
 	f = f.normalized()
 	rows, err := s.repo.List(ctx, f, req.Limit(), req.Offset(), req.AfterID)
