@@ -27,9 +27,16 @@ type ActionResult struct {
 
 // transition locks campaign id inside tx and checks that its status is one
 // of from; action names the request in the 409.
+//
+// Campaign rows are locked FOR NO KEY UPDATE, never FOR UPDATE: that still
+// serialises transitions, but does not block the key-share locks that
+// inserting a campaign's messages takes through the foreign key. With FOR
+// UPDATE, a cancel (campaign row, then the dispatch batch) and the
+// materialiser (batch row, then messages referencing the campaign) would
+// deadlock.
 func (r *Repo) transition(ctx context.Context, tx *sqlx.Tx, id int64, action string, from ...Status) (Campaign, error) {
 	var c Campaign
-	err := tx.GetContext(ctx, &c, `SELECT `+campaignColumns+` FROM campaigns WHERE id = $1 FOR UPDATE`, id)
+	err := tx.GetContext(ctx, &c, `SELECT `+campaignColumns+` FROM campaigns WHERE id = $1 FOR NO KEY UPDATE`, id)
 	if errors.Is(err, sql.ErrNoRows) {
 		return c, ErrNotFound.Withf("campaign %d not found", id)
 	}

@@ -23,7 +23,7 @@ FROM campaigns
 WHERE status = 'scheduled' AND scheduled_at <= now() AND audience IS NOT NULL
 ORDER BY scheduled_at, id
 LIMIT 1
-FOR UPDATE SKIP LOCKED`
+FOR NO KEY UPDATE SKIP LOCKED`
 
 // DispatchDue dispatches every scheduled campaign whose time has come and
 // returns how many it handled. A campaign due more than maxLateness ago (the

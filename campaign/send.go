@@ -275,7 +275,7 @@ func storeIdempotentResponse(ctx context.Context, tx *sqlx.Tx, key string, statu
 // campaign no longer sendable.
 func (r *Repo) lockForSend(ctx context.Context, tx *sqlx.Tx, id int64) (Campaign, error) {
 	var c Campaign
-	err := tx.GetContext(ctx, &c, `SELECT `+campaignColumns+` FROM campaigns WHERE id = $1 FOR UPDATE`, id)
+	err := tx.GetContext(ctx, &c, `SELECT `+campaignColumns+` FROM campaigns WHERE id = $1 FOR NO KEY UPDATE`, id)
 	if errors.Is(err, sql.ErrNoRows) {
 		return c, ErrNotFound.Withf("campaign %d not found", id)
 	}

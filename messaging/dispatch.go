@@ -57,16 +57,13 @@ SELECT (SELECT count(*) FROM target)                  AS known,
 // countByFilterSQL sizes an audience send at request time; the messages
 // themselves are created by the materialiser (see RunMaterializer).
 const countByFilterSQL = `
-SELECT count(*) FILTER (WHERE NOT t.opted_out) AS messages,
-       count(*) FILTER (WHERE t.opted_out)     AS skipped,
-       coalesce(max(t.id), 0)                  AS max_id
-FROM (
-    SELECT c.id,
-           EXISTS (SELECT 1 FROM customer_opt_outs o WHERE o.customer_id = c.id AND o.channel = $1) AS opted_out
-    FROM customers c
-    WHERE ($2 = '' OR lower(c.location) = lower($2))
-      AND ($3 = '' OR lower(c.preferred_product) = lower($3))
-) t`
+SELECT count(*) - count(o.customer_id) AS messages,
+       count(o.customer_id)            AS skipped,
+       coalesce(max(c.id), 0)          AS max_id
+FROM customers c
+LEFT JOIN customer_opt_outs o ON o.customer_id = c.id AND o.channel = $1
+WHERE ($2 = '' OR lower(c.location) = lower($2))
+  AND ($3 = '' OR lower(c.preferred_product) = lower($3))`
 
 // CreateMessages creates, inside tx (the caller's transaction, which also
 // moves the campaign to sending), the messages of a send: one pending message

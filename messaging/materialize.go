@@ -105,14 +105,17 @@ func (s *Service) RunMaterializer(ctx context.Context, interval time.Duration) {
 	}
 }
 
-// materializeStep creates and pushes one chunk of one batch, and reports
-// whether there was one.
+// materializeStep does one step of one batch and reports whether there was
+// one. A step is one of: re-push a chunk whose push never happened; create
+// and push the next chunk; or, once every customer up to the snapshot's
+// bound has been created and pushed, mark the batch done (filter NULL) and
+// pushed in the same statement, so the sweeper never sees a finished batch
+// that looks unpushed.
 func (s *Service) materializeStep(ctx context.Context) (bool, error) {
 	var (
 		m    materialization
 		ids  []int64
 		upTo int64
-		done bool
 	)
 	err := postgres.InTx(ctx, s.repo.db, func(tx *sqlx.Tx) error {
 		err := tx.GetContext(ctx, &m, nextMaterializationSQL)
@@ -122,10 +125,17 @@ func (s *Service) materializeStep(ctx context.Context) (bool, error) {
 		if err != nil {
 			return postgres.Classify(err, "find audience to materialise")
 		}
-		if m.PushedThrough < m.Cursor {
+		switch {
+		case m.PushedThrough < m.Cursor:
 			// A chunk committed but its push never happened (crash, Redis
 			// down): push it before going on.
 			return s.repushRange(ctx, tx, m)
+		case m.Cursor >= m.MaxCustomerID:
+			_, err := tx.ExecContext(ctx, `UPDATE dispatch_batches SET filter = NULL, pushed_at = now() WHERE id = $1`, m.ID)
+			if err == nil {
+				s.log.Info("audience materialised", "campaign_id", m.CampaignID, "batch_id", m.ID)
+			}
+			return postgres.Classify(err, "finish materialisation")
 		}
 		var out struct {
 			Last    int64         `db:"last_customer"`
@@ -140,37 +150,26 @@ func (s *Service) materializeStep(ctx context.Context) (bool, error) {
 			m.Filter.Location, m.Filter.PreferredProduct, limit); err != nil {
 			return postgres.Classify(err, "materialise chunk")
 		}
-		ids, upTo, done = out.IDs, max(out.Last, m.Cursor), out.Scanned < limit
-		if done {
-			upTo = m.MaxCustomerID
+		ids, upTo = out.IDs, max(out.Last, m.Cursor)
+		if out.Scanned < limit {
+			upTo = m.MaxCustomerID // nothing matches beyond the last row scanned
 		}
-		_, err = tx.ExecContext(ctx, `
-UPDATE dispatch_batches SET cursor = $2, filter = CASE WHEN $3 THEN NULL ELSE filter END WHERE id = $1`,
-			m.ID, upTo, done)
+		_, err = tx.ExecContext(ctx, `UPDATE dispatch_batches SET cursor = $2 WHERE id = $1`, m.ID, upTo)
 		return postgres.Classify(err, "advance materialisation")
 	})
 	if err != nil || m.ID == 0 {
 		return false, err
 	}
 	if upTo == 0 {
-		return true, nil // a re-push step
+		return true, nil // a re-push or finishing step
 	}
 	if err := s.queue.Push(ctx, ids); err != nil {
-		// pushed_through stays behind cursor: the next step re-pushes this
-		// chunk (or, if this was the last, the sweeper pushes the batch).
+		// pushed_through stays behind cursor: the next step re-pushes it.
 		return false, err
 	}
-	_, err = s.repo.db.ExecContext(ctx, `
-UPDATE dispatch_batches SET pushed_through = greatest(pushed_through, $2),
-       pushed_at = CASE WHEN $3 THEN now() ELSE pushed_at END
-WHERE id = $1`, m.ID, upTo, done)
-	if err != nil {
-		return false, postgres.Classify(err, "record materialised push")
-	}
-	if done {
-		s.log.Info("audience materialised", "campaign_id", m.CampaignID, "batch_id", m.ID)
-	}
-	return true, nil
+	_, err = s.repo.db.ExecContext(ctx, `UPDATE dispatch_batches SET pushed_through = greatest(pushed_through, $2) WHERE id = $1`,
+		m.ID, upTo)
+	return true, postgres.Classify(err, "record materialised push")
 }
 
 // repushRange pushes the pending messages of customers in

@@ -108,6 +108,7 @@ type Pool struct {
 	now    func() time.Time
 
 	gathering sync.Mutex // one fetcher at a time takes capacity for a batch
+	campaigns *campaignStatuses
 
 	sent, failed, retried, requeued atomic.Int64
 }
@@ -118,6 +119,7 @@ func NewPool(opts PoolOptions, queue jobQueue, repo *Repo, sender Sender, policy
 	return &Pool{
 		opts: opts, queue: queue, repo: repo, sender: sender, policy: policy,
 		log: log.With("consumer", opts.Consumer), jitter: randomJitter, now: time.Now,
+		campaigns: &campaignStatuses{repo: repo, now: time.Now, entries: map[int64]campaignStatus{}},
 	}
 }
 
@@ -409,7 +411,11 @@ func (p *Pool) deliver(sendCtx context.Context, cj claimedJob) (r result) {
 	if err != nil {
 		return p.failure(j, fmt.Errorf("render template: %w", err), true)
 	}
-	if sendCtx.Err() != nil {
+	// The campaign is checked again just before sending: a job claimed
+	// before a pause or cancel (waiting in the prefetch buffer) is not
+	// sent; recorded as not attempted, it is requeued, then dropped
+	// (paused) or cancelled by the claim.
+	if sendCtx.Err() != nil || !p.campaigns.sending(sendCtx, j.CampaignID) {
 		return p.notAttempted(j)
 	}
 	ctx, cancel := context.WithTimeout(sendCtx, p.opts.SendTimeout)
