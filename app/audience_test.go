@@ -71,19 +71,7 @@ func (e *audEnv) importCustomers(t *testing.T, cs ...audCustomer) []int64 {
 		fmt.Fprintf(&csv, "%s,%s,Last,%s,%s\n", c.phone, c.first, c.location, c.product)
 		phones[i] = c.phone
 	}
-	req, err := http.NewRequest("POST", e.base+"/customers/import", strings.NewReader(csv.String()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "text/csv")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
-		t.Fatalf("import %d customers: status %d", len(cs), resp.StatusCode)
-	}
+	importCSV(t, e.base, csv.String())
 	var rows []struct {
 		ID    int64  `db:"id"`
 		Phone string `db:"phone"`

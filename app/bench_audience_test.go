@@ -22,16 +22,12 @@ package app
 // config.yaml, as deployed.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -87,7 +83,7 @@ FROM generate_series(1, $1) AS g`, n); err != nil {
 		if err != nil {
 			b.Fatal(err)
 		}
-		audResetPeakRSS(b)
+		resetPeakRSS(b)
 		b.StartTimer()
 
 		start := time.Now()
@@ -132,7 +128,7 @@ FROM generate_series(1, $1) AS g`, n); err != nil {
 		}
 		materialised += time.Since(start)
 		b.StopTimer()
-		peak = max(peak, audStatusMB(b, "VmHWM"))
+		peak = max(peak, rssMB(b, "VmHWM"))
 
 		var msgs int
 		if err := db.GetContext(ctx, &msgs, `SELECT count(*) FROM outbound_messages WHERE campaign_id = $1`, c.ID); err != nil {
@@ -151,35 +147,4 @@ FROM generate_series(1, $1) AS g`, n); err != nil {
 	b.ReportMetric(materialised.Seconds()/float64(b.N), "materialised_s")
 	b.ReportMetric(n, "msgs")
 	b.ReportMetric(peak, "peak_rss_MB")
-}
-
-// audResetPeakRSS resets the process's VmHWM to its current RSS (Linux 4.0+),
-// so the peak read after a run belongs to that run.
-func audResetPeakRSS(b *testing.B) {
-	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
-		b.Logf("cannot reset peak RSS (%v); peak_rss_MB is the process's peak so far", err)
-	}
-}
-
-// audStatusMB reads a kB field of /proc/self/status (VmHWM, VmRSS), in MB.
-func audStatusMB(b *testing.B, field string) float64 {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		b.Logf("read /proc/self/status: %v", err)
-		return 0
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		rest, ok := strings.CutPrefix(s.Text(), field+":")
-		if !ok {
-			continue
-		}
-		kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
-		if err != nil {
-			return 0
-		}
-		return kb / 1024
-	}
-	return 0
 }

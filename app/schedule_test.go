@@ -138,19 +138,7 @@ func importCustomers(t testing.TB, ta *testApp, db *sqlx.DB, locations ...string
 		names[i] = fmt.Sprintf("C%d", n)
 		fmt.Fprintf(&csv, "+25471%07d,%s,Last,%s,Shoes\n", n, names[i], loc)
 	}
-	req, err := http.NewRequest("POST", ta.base+"/customers/import", strings.NewReader(csv.String()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "text/csv")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
-		t.Fatalf("import %d customers: status %d", len(locations), resp.StatusCode)
-	}
+	importCSV(t, ta.base, csv.String())
 	var rows []struct {
 		ID   int64  `db:"id"`
 		Name string `db:"first_name"`
