@@ -24,8 +24,9 @@ type campaignStatuses struct {
 }
 
 type campaignStatus struct {
-	status string
-	at     time.Time
+	status     string
+	at         time.Time
+	refreshing bool // one delivery re-reads an expired status; the others use the old one meanwhile
 }
 
 // sending reports whether campaign id is still sending. If the status cannot
@@ -35,21 +36,27 @@ func (c *campaignStatuses) sending(ctx context.Context, id int64) bool {
 	now := c.now()
 	c.mu.Lock()
 	e, ok := c.entries[id]
-	c.mu.Unlock()
-	if ok && now.Sub(e.at) < campaignStatusTTL {
+	if ok && (now.Sub(e.at) < campaignStatusTTL || e.refreshing) {
+		c.mu.Unlock()
 		return e.status == "sending"
 	}
-	var status string
+	if ok {
+		e.refreshing = true
+		c.entries[id] = e
+	}
+	c.mu.Unlock()
+
+	status := "sending"
 	// campaigns is the campaign feature's table; the pool only reads it.
 	if err := c.repo.db.GetContext(ctx, &status, `SELECT status FROM campaigns WHERE id = $1`, id); err != nil {
 		_ = postgres.Classify(err, "read campaign status")
-		return true
+		status = "sending"
 	}
 	c.mu.Lock()
 	if len(c.entries) > 10_000 {
 		c.entries = map[int64]campaignStatus{} // bounded: campaigns come and go
 	}
-	c.entries[id] = campaignStatus{status: status, at: now}
+	c.entries[id] = campaignStatus{status: status, at: c.now()}
 	c.mu.Unlock()
 	return status == "sending"
 }

@@ -41,10 +41,10 @@ type Created struct {
 // no phone gets two messages in one campaign.
 const insertByIDsSQL = `
 WITH target AS (
-    SELECT c.id,
-           EXISTS (SELECT 1 FROM customer_opt_outs o WHERE o.customer_id = c.id AND o.channel = $2) AS opted_out
+    SELECT c.id, o.customer_id IS NOT NULL AS opted_out
     FROM unnest($3::bigint[]) AS u(id)
     JOIN customers c ON c.id = u.id
+    LEFT JOIN customer_opt_outs o ON o.customer_id = c.id AND o.channel = $2
 ), ins AS (
     INSERT INTO outbound_messages (campaign_id, customer_id)
     SELECT $1, id FROM target WHERE NOT opted_out ORDER BY id

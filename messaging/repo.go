@@ -107,44 +107,37 @@ func (r *Repo) MarkPushed(ctx context.Context, batchID int64) error {
 // the batch's ids through the primary key only. Keep it so when changing it.
 const claimSQL = `
 WITH cand AS (
-    SELECT m.id, k.status AS campaign_status, k.channel,
-           EXISTS (SELECT 1 FROM customer_opt_outs o
-                   WHERE o.customer_id = m.customer_id AND o.channel = k.channel) AS opted_out
+    SELECT m.id, k.channel,
+           (k.status = 'cancelled' OR o.customer_id IS NOT NULL) AS skip,
+           CASE WHEN o.customer_id IS NOT NULL THEN 'not sent: customer opted out of ' || k.channel
+                ELSE 'not sent: campaign cancelled' END AS reason
     FROM outbound_messages m
     JOIN campaigns k ON k.id = m.campaign_id
-    WHERE m.id = ANY($1::bigint[])
-), skipped AS (
-    -- Checked just before delivery: a customer who opted out after the
-    -- send, or a campaign cancelled meanwhile, ends the message unsent.
+    LEFT JOIN customer_opt_outs o ON o.customer_id = m.customer_id AND o.channel = k.channel
+    WHERE m.id = ANY($1::bigint[]) AND k.status IN ('sending', 'cancelled')
+), upd AS (
+    -- One pass claims the batch: a message to deliver moves to sending; one
+    -- whose customer opted out after the send, or whose campaign was
+    -- cancelled meanwhile, ends cancelled, unsent.
     UPDATE outbound_messages m
-    SET status = 'cancelled', updated_at = now(),
-        last_error = CASE WHEN c.opted_out THEN 'not sent: customer opted out of ' || c.channel
-                          ELSE 'not sent: campaign cancelled' END
+    SET status = CASE WHEN c.skip THEN 'cancelled' ELSE 'sending' END,
+        last_error = CASE WHEN c.skip THEN c.reason ELSE m.last_error END,
+        updated_at = now()
     FROM cand c
-    WHERE m.id = c.id AND (c.opted_out OR c.campaign_status = 'cancelled')
+    WHERE m.id = c.id
       AND CASE m.status
-            WHEN 'pending' THEN true
+            WHEN 'pending' THEN c.skip OR m.next_attempt_at IS NULL OR m.next_attempt_at <= now()
             WHEN 'sending' THEN m.updated_at < now() - $2::interval
             ELSE false
           END
-    RETURNING m.id
-), claimed AS (
-    UPDATE outbound_messages m
-    SET status = 'sending', updated_at = now()
-    FROM cand c
-    WHERE m.id = c.id AND c.campaign_status = 'sending' AND NOT c.opted_out
-      AND CASE m.status
-            WHEN 'pending' THEN m.next_attempt_at IS NULL OR m.next_attempt_at <= now()
-            WHEN 'sending' THEN m.updated_at < now() - $2::interval
-            ELSE false
-          END
-    RETURNING m.id, m.campaign_id, m.customer_id, m.retry_count
+    RETURNING m.id, m.campaign_id, m.customer_id, m.retry_count, m.status
 )
 SELECT c.id, c.campaign_id, c.retry_count, k.channel, k.base_template,
        u.phone, u.first_name, u.last_name, u.location, u.preferred_product
-FROM claimed c
+FROM upd c
 JOIN campaigns k ON k.id = c.campaign_id
-JOIN customers u ON u.id = c.customer_id`
+JOIN customers u ON u.id = c.customer_id
+WHERE c.status = 'sending'`
 
 // Unclaimed explains why a fetched job was not claimed.
 type Unclaimed struct {
