@@ -3,60 +3,87 @@ package messaging
 import (
 	"context"
 	"sync"
-	"time"
 
 	"github.com/campaignd/dispatch/platform/postgres"
 )
 
-// campaignStatusTTL bounds how stale the pool's view of a campaign's status
-// may be: a delivery that starts more than this after a pause or cancel sees
-// it. One query per campaign per TTL, not one per message.
-const campaignStatusTTL = 200 * time.Millisecond
-
-// campaignStatuses caches campaign statuses for the check each delivery
-// makes just before it sends.
+// campaignStatuses answers the check each delivery makes just before it
+// sends: is the campaign still sending? Every answer comes from a read that
+// began after the delivery asked, so a pause or cancel that committed before
+// a delivery starts always stops it. Reads of one campaign are coalesced:
+// while one is in flight, every delivery that asks meanwhile waits for the
+// single next read, so a pool of a thousand goroutines costs a handful of
+// primary-key lookups per millisecond, not one per message.
 type campaignStatuses struct {
 	repo *Repo
-	now  func() time.Time
 
-	mu      sync.Mutex
-	entries map[int64]campaignStatus
+	mu    sync.Mutex
+	reads map[int64]*campaignReads
 }
 
-type campaignStatus struct {
-	status     string
-	at         time.Time
-	refreshing bool // one delivery re-reads an expired status; the others use the old one meanwhile
+// campaignReads is the in-flight read of one campaign and the one queued
+// behind it.
+type campaignReads struct {
+	inflight, next *statusRead
 }
 
-// sending reports whether campaign id is still sending. If the status cannot
-// be read it says yes: the claim already checked it moments ago, and a
-// delivery must not stall on a database hiccup.
+type statusRead struct {
+	done    chan struct{}
+	sending bool
+}
+
+func newCampaignStatuses(repo *Repo) *campaignStatuses {
+	return &campaignStatuses{repo: repo, reads: map[int64]*campaignReads{}}
+}
+
+// sending reports whether campaign id is sending. If the status cannot be
+// read it says yes: the claim checked it moments ago, and a delivery must
+// not stall on a database hiccup.
 func (c *campaignStatuses) sending(ctx context.Context, id int64) bool {
-	now := c.now()
 	c.mu.Lock()
-	e, ok := c.entries[id]
-	if ok && (now.Sub(e.at) < campaignStatusTTL || e.refreshing) {
-		c.mu.Unlock()
-		return e.status == "sending"
+	cr := c.reads[id]
+	if cr == nil {
+		cr = &campaignReads{}
+		c.reads[id] = cr
 	}
-	if ok {
-		e.refreshing = true
-		c.entries[id] = e
+	var r *statusRead
+	switch {
+	case cr.inflight == nil:
+		r = &statusRead{done: make(chan struct{})}
+		cr.inflight = r
+		go c.read(id, cr, r)
+	case cr.next != nil:
+		r = cr.next
+	default:
+		// The read in flight may have begun before this delivery asked:
+		// wait for the next one, started when it ends.
+		r = &statusRead{done: make(chan struct{})}
+		cr.next = r
 	}
 	c.mu.Unlock()
+	select {
+	case <-r.done:
+		return r.sending
+	case <-ctx.Done():
+		return false
+	}
+}
 
-	status := "sending"
-	// campaigns is the campaign feature's table; the pool only reads it.
-	if err := c.repo.db.GetContext(ctx, &status, `SELECT status FROM campaigns WHERE id = $1`, id); err != nil {
+// read runs one status read for id, then starts the queued one, if any.
+func (c *campaignStatuses) read(id int64, cr *campaignReads, r *statusRead) {
+	for r != nil {
+		var status string
+		// campaigns is the campaign feature's table; the pool only reads it.
+		err := c.repo.db.Get(&status, `SELECT status FROM campaigns WHERE id = $1`, id)
+		r.sending = err != nil || status == "sending"
 		_ = postgres.Classify(err, "read campaign status")
-		status = "sending"
+		close(r.done)
+
+		c.mu.Lock()
+		r, cr.inflight, cr.next = cr.next, cr.next, nil
+		if r == nil {
+			delete(c.reads, id) // idle campaigns leave nothing behind
+		}
+		c.mu.Unlock()
 	}
-	c.mu.Lock()
-	if len(c.entries) > 10_000 {
-		c.entries = map[int64]campaignStatus{} // bounded: campaigns come and go
-	}
-	c.entries[id] = campaignStatus{status: status, at: c.now()}
-	c.mu.Unlock()
-	return status == "sending"
 }

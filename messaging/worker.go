@@ -119,7 +119,7 @@ func NewPool(opts PoolOptions, queue jobQueue, repo *Repo, sender Sender, policy
 	return &Pool{
 		opts: opts, queue: queue, repo: repo, sender: sender, policy: policy,
 		log: log.With("consumer", opts.Consumer), jitter: randomJitter, now: time.Now,
-		campaigns: &campaignStatuses{repo: repo, now: time.Now, entries: map[int64]campaignStatus{}},
+		campaigns: newCampaignStatuses(repo),
 	}
 }
 
