@@ -58,9 +58,6 @@ func NewService(repo *Repo, queue *RedisQueue, opts MaintenanceOptions, log *slo
 // Repo returns the service's repository (the pool shares it).
 func (s *Service) Repo() *Repo { return s.repo }
 
-// Queue returns the service's queue.
-func (s *Service) Queue() *RedisQueue { return s.queue }
-
 // QueueDepths reports the queue's sizes for /health.
 func (s *Service) QueueDepths(ctx context.Context) (Depths, error) { return s.queue.Depths(ctx) }
 
