@@ -62,7 +62,8 @@ import (
 const meanMockLatency = 125 * time.Millisecond
 
 // benchConfig is testConfig with the production pacing of the background
-// loops (config.yaml), so the benchmarks measure what a deployment runs.
+// loops and pool size (config.yaml), so the benchmarks measure what a
+// deployment runs.
 func benchConfig(b *testing.B) Config {
 	b.Helper()
 	cfg := testConfig(b)
@@ -71,6 +72,7 @@ func benchConfig(b *testing.B) Config {
 		b.Fatal(err)
 	}
 	cfg.Sweeper = def.Sweeper
+	cfg.Database.MaxOpenConns, cfg.Database.MaxIdleConns = def.Database.MaxOpenConns, def.Database.MaxIdleConns
 	cfg.RetryBackoffBase = def.RetryBackoffBase
 	cfg.Sender.MinLatency, cfg.Sender.MaxLatency = def.Sender.MinLatency, def.Sender.MaxLatency
 	cfg.Sender.Ledger = "memory"

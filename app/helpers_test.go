@@ -36,6 +36,9 @@ func testConfig(t testing.TB) Config {
 	_, prefix := redistest.New(t)
 	cfg.Database.URL = pgtest.NewDatabase(t)
 	cfg.Database.SeedOnStart = false
+	// Tests run apps in parallel (and packages in parallel) against one
+	// server with max_connections 100: keep each app's pool small.
+	cfg.Database.MaxOpenConns, cfg.Database.MaxIdleConns = 8, 8
 	cfg.Redis.URL = redistest.URL()
 	cfg.Redis.KeyPrefix = prefix
 	cfg.API.Port = 0
