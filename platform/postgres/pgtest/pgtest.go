@@ -75,7 +75,7 @@ func New(t testing.TB) *DB {
 	q.Set("search_path", schema) // lib/pq sends unknown keys as run-time parameters
 	u.RawQuery = q.Encode()
 
-	db, err := postgres.Open(ctx, u.String(), postgres.Options{MaxOpenConns: 20})
+	db, err := postgres.Open(ctx, u.String(), postgres.Options{MaxOpenConns: 8})
 	if err != nil {
 		t.Fatalf("open schema %s: %v", schema, err)
 	}
