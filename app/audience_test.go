@@ -18,7 +18,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/jmoiron/sqlx"
-	"github.com/lib/pq"
 
 	"github.com/campaignd/dispatch/platform/postgres"
 )
@@ -72,24 +71,7 @@ func (e *audEnv) importCustomers(t *testing.T, cs ...audCustomer) []int64 {
 		phones[i] = c.phone
 	}
 	importCSV(t, e.base, csv.String())
-	var rows []struct {
-		ID    int64  `db:"id"`
-		Phone string `db:"phone"`
-	}
-	if err := e.db.Select(&rows, `SELECT id, phone FROM customers WHERE phone = ANY($1)`, pq.Array(phones)); err != nil {
-		t.Fatal(err)
-	}
-	byPhone := make(map[string]int64, len(rows))
-	for _, r := range rows {
-		byPhone[r.Phone] = r.ID
-	}
-	ids := make([]int64, len(cs))
-	for i, p := range phones {
-		if ids[i] = byPhone[p]; ids[i] == 0 {
-			t.Fatalf("imported customer %s not found", p)
-		}
-	}
-	return ids
+	return customerIDs(t, e.db, phones)
 }
 
 // audCampaign is a campaign object as the API returns it.

@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
+
 	"github.com/campaignd/dispatch/platform/postgres/pgtest"
 	"github.com/campaignd/dispatch/platform/redisx/redistest"
 )
@@ -172,4 +175,28 @@ func importCSV(t testing.TB, base, csv string) {
 	if resp.StatusCode != http.StatusCreated {
 		t.Fatalf("import customers: status %d: %.300s", resp.StatusCode, body)
 	}
+}
+
+// customerIDs returns the ids of the customers with phones, in that order,
+// failing the test if one is missing.
+func customerIDs(t testing.TB, db *sqlx.DB, phones []string) []int64 {
+	t.Helper()
+	var rows []struct {
+		ID    int64  `db:"id"`
+		Phone string `db:"phone"`
+	}
+	if err := db.Select(&rows, `SELECT id, phone FROM customers WHERE phone = ANY($1)`, pq.Array(phones)); err != nil {
+		t.Fatal(err)
+	}
+	byPhone := make(map[string]int64, len(rows))
+	for _, r := range rows {
+		byPhone[r.Phone] = r.ID
+	}
+	ids := make([]int64, len(phones))
+	for i, p := range phones {
+		if ids[i] = byPhone[p]; ids[i] == 0 {
+			t.Fatalf("customer %s not found", p)
+		}
+	}
+	return ids
 }

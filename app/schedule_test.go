@@ -132,31 +132,14 @@ func importCustomers(t testing.TB, ta *testApp, db *sqlx.DB, locations ...string
 	offset := queryInt(t, db, `SELECT count(*) FROM customers`)
 	var csv strings.Builder
 	csv.WriteString("phone,first_name,last_name,location,preferred_product\n")
-	names := make([]string, len(locations))
+	phones := make([]string, len(locations))
 	for i, loc := range locations {
 		n := offset + int64(i)
-		names[i] = fmt.Sprintf("C%d", n)
-		fmt.Fprintf(&csv, "+25471%07d,%s,Last,%s,Shoes\n", n, names[i], loc)
+		phones[i] = fmt.Sprintf("+25471%07d", n)
+		fmt.Fprintf(&csv, "%s,C%d,Last,%s,Shoes\n", phones[i], n, loc)
 	}
 	importCSV(t, ta.base, csv.String())
-	var rows []struct {
-		ID   int64  `db:"id"`
-		Name string `db:"first_name"`
-	}
-	if err := db.Select(&rows, `SELECT id, first_name FROM customers`); err != nil {
-		t.Fatal(err)
-	}
-	byName := make(map[string]int64, len(rows))
-	for _, r := range rows {
-		byName[r.Name] = r.ID
-	}
-	ids := make([]int64, len(names))
-	for i, name := range names {
-		if ids[i] = byName[name]; ids[i] == 0 {
-			t.Fatalf("imported customer %s not found", name)
-		}
-	}
-	return ids
+	return customerIDs(t, db, phones)
 }
 
 // scheduleAt is a scheduled_at value for the API.

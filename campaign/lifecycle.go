@@ -26,7 +26,8 @@ type ActionResult struct {
 }
 
 // transition locks campaign id inside tx and checks that its status is one
-// of from; action names the request in the 409.
+// of from. Otherwise it returns conflict (ErrInvalidTransition,
+// ErrNotSendable, ErrNotEditable) naming action and the current status.
 //
 // Campaign rows are locked FOR NO KEY UPDATE, never FOR UPDATE: that still
 // serialises transitions, but does not block the key-share locks that
@@ -34,7 +35,7 @@ type ActionResult struct {
 // UPDATE, a cancel (campaign row, then the dispatch batch) and the
 // materialiser (batch row, then messages referencing the campaign) would
 // deadlock.
-func (r *Repo) transition(ctx context.Context, tx *sqlx.Tx, id int64, action string, from ...Status) (Campaign, error) {
+func (r *Repo) transition(ctx context.Context, tx *sqlx.Tx, id int64, conflict *errs.Error, action string, from ...Status) (Campaign, error) {
 	var c Campaign
 	err := tx.GetContext(ctx, &c, `SELECT `+campaignColumns+` FROM campaigns WHERE id = $1 FOR NO KEY UPDATE`, id)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -48,7 +49,7 @@ func (r *Repo) transition(ctx context.Context, tx *sqlx.Tx, id int64, action str
 			return c.utc(), nil
 		}
 	}
-	return c, ErrInvalidTransition.Withf("campaign %d is %s; %s needs it to be %s", id, c.Status, action, joinStatuses(from)).
+	return c, conflict.Withf("campaign %d is %s; %s needs it to be %s", id, c.Status, action, joinStatuses(from)).
 		WithDetail("status", string(c.Status))
 }
 
@@ -72,7 +73,7 @@ func joinStatuses(ss []Status) string {
 // being delivered finish. sending → paused.
 func (s *Service) Pause(ctx context.Context, id int64) (ActionResult, error) {
 	err := postgres.InTx(ctx, s.repo.db, func(tx *sqlx.Tx) error {
-		if _, err := s.repo.transition(ctx, tx, id, "pause", StatusSending); err != nil {
+		if _, err := s.repo.transition(ctx, tx, id, ErrInvalidTransition, "pause", StatusSending); err != nil {
 			return err
 		}
 		return s.repo.setStatus(ctx, tx, id, StatusPaused, nil)
@@ -89,7 +90,7 @@ func (s *Service) Pause(ctx context.Context, id int64) (ActionResult, error) {
 func (s *Service) Resume(ctx context.Context, id int64) (ActionResult, error) {
 	var batchID int64
 	err := postgres.InTx(ctx, s.repo.db, func(tx *sqlx.Tx) error {
-		if _, err := s.repo.transition(ctx, tx, id, "resume", StatusPaused); err != nil {
+		if _, err := s.repo.transition(ctx, tx, id, ErrInvalidTransition, "resume", StatusPaused); err != nil {
 			return err
 		}
 		if err := s.repo.setStatus(ctx, tx, id, StatusSending, nil); err != nil {
@@ -113,7 +114,7 @@ func (s *Service) Resume(ctx context.Context, id int64) (ActionResult, error) {
 func (s *Service) Cancel(ctx context.Context, id int64) (ActionResult, error) {
 	var n int64
 	err := postgres.InTx(ctx, s.repo.db, func(tx *sqlx.Tx) error {
-		if _, err := s.repo.transition(ctx, tx, id, "cancel",
+		if _, err := s.repo.transition(ctx, tx, id, ErrInvalidTransition, "cancel",
 			StatusDraft, StatusScheduled, StatusSending, StatusPaused); err != nil {
 			return err
 		}
@@ -142,7 +143,7 @@ func (s *Service) RetryFailed(ctx context.Context, id int64) (ActionResult, erro
 		status  Status
 	)
 	err := postgres.InTx(ctx, s.repo.db, func(tx *sqlx.Tx) error {
-		c, err := s.repo.transition(ctx, tx, id, "retry-failed", StatusSent, StatusFailed, StatusSending)
+		c, err := s.repo.transition(ctx, tx, id, ErrInvalidTransition, "retry-failed", StatusSent, StatusFailed, StatusSending)
 		if err != nil {
 			return err
 		}
@@ -178,11 +179,7 @@ func (s *Service) Update(ctx context.Context, id int64, in UpdateInput) (Campaig
 	}
 	var out Campaign
 	err := postgres.InTx(ctx, s.repo.db, func(tx *sqlx.Tx) error {
-		c, err := s.repo.transition(ctx, tx, id, "edit", StatusDraft, StatusScheduled)
-		if errors.Is(err, ErrInvalidTransition) {
-			return ErrNotEditable.Withf("campaign %d is %s; only draft or scheduled campaigns can be edited", id, c.Status).
-				WithDetail("status", string(c.Status))
-		}
+		c, err := s.repo.transition(ctx, tx, id, ErrNotEditable, "edit", StatusDraft, StatusScheduled)
 		if err != nil {
 			return err
 		}

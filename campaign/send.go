@@ -125,7 +125,7 @@ func (s *Service) Send(ctx context.Context, id int64, in SendInput, key string) 
 				return err
 			}
 		}
-		c, err := s.repo.lockForSend(ctx, tx, id)
+		c, err := s.repo.transition(ctx, tx, id, ErrNotSendable, "send", StatusDraft, StatusScheduled)
 		if err != nil {
 			return err
 		}
@@ -267,26 +267,6 @@ func storeIdempotentResponse(ctx context.Context, tx *sqlx.Tx, key string, statu
 	}
 	_, err = tx.ExecContext(ctx, `UPDATE idempotency_keys SET status_code = $2, response = $3 WHERE key = $1`, key, status, b)
 	return postgres.Classify(err, "store idempotent response")
-}
-
-// lockForSend locks campaign id's row for the send's transaction and
-// returns it, or CAMPAIGN_NOT_SENDABLE unless it is draft or scheduled. The
-// lock makes a concurrent send (or the scheduler) wait, then find the
-// campaign no longer sendable.
-func (r *Repo) lockForSend(ctx context.Context, tx *sqlx.Tx, id int64) (Campaign, error) {
-	var c Campaign
-	err := tx.GetContext(ctx, &c, `SELECT `+campaignColumns+` FROM campaigns WHERE id = $1 FOR NO KEY UPDATE`, id)
-	if errors.Is(err, sql.ErrNoRows) {
-		return c, ErrNotFound.Withf("campaign %d not found", id)
-	}
-	if err != nil {
-		return c, postgres.Classify(err, fmt.Sprintf("lock campaign %d", id))
-	}
-	if c.Status != StatusDraft && c.Status != StatusScheduled {
-		return c, ErrNotSendable.Withf("campaign %d is %s; only draft or scheduled campaigns can be sent", id, c.Status).
-			WithDetail("status", string(c.Status))
-	}
-	return c.utc(), nil
 }
 
 // setStatus sets a locked campaign's status (and reason) inside tx.

@@ -3,8 +3,6 @@ package messaging
 import (
 	"context"
 	"sync"
-
-	"github.com/campaignd/dispatch/platform/postgres"
 )
 
 // campaignStatuses answers the check each delivery makes just before it
@@ -76,7 +74,6 @@ func (c *campaignStatuses) read(id int64, cr *campaignReads, r *statusRead) {
 		// campaigns is the campaign feature's table; the pool only reads it.
 		err := c.repo.db.Get(&status, `SELECT status FROM campaigns WHERE id = $1`, id)
 		r.sending = err != nil || status == "sending"
-		_ = postgres.Classify(err, "read campaign status")
 		close(r.done)
 
 		c.mu.Lock()

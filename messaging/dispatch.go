@@ -143,6 +143,32 @@ func (f *filter) Scan(src any) error {
 	return json.Unmarshal(b, f)
 }
 
+// When an id send names unknown customers, they are listed by reading the
+// customers table (owned by the customer feature) in the send's own
+// transaction: one set query, run only on that failure path.
+const missingCustomersSQL = `
+SELECT u.id
+FROM unnest($1::bigint[]) AS u(id)
+WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.id = u.id)
+ORDER BY u.id
+LIMIT 100`
+
+// countMissing counts every unknown id when the first page was full, so the
+// message can say "1,234 ids do not exist" rather than "at least 100".
+func countMissing(ctx context.Context, tx *sqlx.Tx, ids []int64, seen int) int {
+	if seen < 100 {
+		return seen
+	}
+	var n int
+	err := tx.GetContext(ctx, &n, `
+SELECT count(*) FROM unnest($1::bigint[]) AS u(id)
+WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.id = u.id)`, pq.Array(ids))
+	if err != nil {
+		return seen
+	}
+	return n
+}
+
 // unknownCustomers builds the UNKNOWN_CUSTOMERS error for ids.
 func unknownCustomers(ctx context.Context, tx *sqlx.Tx, ids []int64) error {
 	var missing []int64
@@ -241,17 +267,10 @@ func (s *Service) Enqueue(ctx context.Context, campaignID, batchID int64, messag
 // never reached the queue. Batches still materialising are the
 // materialiser's to push.
 func (s *Service) unpushedBatches(ctx context.Context, cutoff time.Time) ([]Batch, error) {
-	var rows []struct {
-		ID         int64 `db:"id"`
-		CampaignID int64 `db:"campaign_id"`
-	}
-	err := s.repo.db.SelectContext(ctx, &rows, `
+	var out []Batch
+	err := s.repo.db.SelectContext(ctx, &out, `
 SELECT id, campaign_id FROM dispatch_batches
 WHERE pushed_at IS NULL AND filter IS NULL AND created_at < $1
 ORDER BY id LIMIT 100`, cutoff)
-	out := make([]Batch, len(rows))
-	for i, r := range rows {
-		out[i] = Batch{ID: r.ID, CampaignID: r.CampaignID}
-	}
 	return out, postgres.Classify(err, "list unpushed batches")
 }

@@ -45,40 +45,14 @@ func (r *Repo) prepared(ctx context.Context, query string) (*sqlx.Stmt, error) {
 	return st, nil
 }
 
-// When an id send names unknown customers, they are listed by reading the
-// customers table (owned by the customer feature) in the send's own
-// transaction: one set query, run only on that failure path.
-const missingCustomersSQL = `
-SELECT u.id
-FROM unnest($1::bigint[]) AS u(id)
-WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.id = u.id)
-ORDER BY u.id
-LIMIT 100`
-
 const insertBatchSQL = `
 INSERT INTO dispatch_batches (campaign_id, messages) VALUES ($1, $2) RETURNING id`
 
 // Batch is a dispatch batch: one send (or resume, or retry) whose messages
 // must reach the queue.
 type Batch struct {
-	ID         int64
-	CampaignID int64
-}
-
-// countMissing counts every unknown id when the first page was full, so the
-// message can say "1,234 ids do not exist" rather than "at least 100".
-func countMissing(ctx context.Context, tx *sqlx.Tx, ids []int64, seen int) int {
-	if seen < 100 {
-		return seen
-	}
-	var n int
-	err := tx.GetContext(ctx, &n, `
-SELECT count(*) FROM unnest($1::bigint[]) AS u(id)
-WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.id = u.id)`, pq.Array(ids))
-	if err != nil {
-		return seen
-	}
-	return n
+	ID         int64 `db:"id"`
+	CampaignID int64 `db:"campaign_id"`
 }
 
 // MarkPushed records that a batch's ids are in the queue.
