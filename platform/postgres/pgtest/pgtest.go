@@ -108,10 +108,15 @@ func NewDatabase(t testing.TB) string {
 	}
 	name := "dispatch_t_" + randomHex(6)
 	u.Path = "/" + name
+	// The drop goes through the server's maintenance database: the test
+	// database named in TEST_DATABASE_URL may not exist on a fresh machine,
+	// and a database cannot be dropped from a connection to itself.
+	maintenance := *u
+	maintenance.Path = "/postgres"
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		admin, err := postgres.Open(ctx, base, postgres.Options{MaxOpenConns: 1})
+		admin, err := postgres.Open(ctx, maintenance.String(), postgres.Options{MaxOpenConns: 1})
 		if err != nil {
 			t.Errorf("drop database %s: %v", name, err)
 			return
