@@ -11,26 +11,29 @@ import (
 //	pending → sending → sent
 //	sending → pending   (a retry is scheduled, or delivery was abandoned at shutdown)
 //	sending → failed    (last attempt failed, or the error was permanent)
+//	pending → cancelled (the campaign was cancelled, or the customer opted out)
+//	sending → cancelled (the same, found when reclaiming past the lease)
 type Status string
 
 const (
-	StatusPending Status = "pending"
-	StatusSending Status = "sending"
-	StatusSent    Status = "sent"
-	StatusFailed  Status = "failed"
+	StatusPending   Status = "pending"
+	StatusSending   Status = "sending"
+	StatusSent      Status = "sent"
+	StatusFailed    Status = "failed"
+	StatusCancelled Status = "cancelled"
 )
 
 // Valid reports whether s is a known status.
 func (s Status) Valid() bool {
 	switch s {
-	case StatusPending, StatusSending, StatusSent, StatusFailed:
+	case StatusPending, StatusSending, StatusSent, StatusFailed, StatusCancelled:
 		return true
 	}
 	return false
 }
 
 // Final reports whether no further delivery will be attempted.
-func (s Status) Final() bool { return s == StatusSent || s == StatusFailed }
+func (s Status) Final() bool { return s == StatusSent || s == StatusFailed || s == StatusCancelled }
 
 // Message is one outbound message as stored.
 type Message struct {

@@ -106,12 +106,13 @@ WITH cand AS (
           END
     RETURNING m.id, m.campaign_id, m.customer_id, m.retry_count, m.status
 )
-SELECT c.id, c.campaign_id, c.retry_count, k.channel, k.base_template,
+-- Rows with status cancelled are messages this claim cancelled: Claim reports
+-- them (for metrics) and does not deliver them.
+SELECT c.id, c.campaign_id, c.retry_count, c.status, k.channel, k.base_template,
        u.phone, u.first_name, u.last_name, u.location, u.preferred_product
 FROM upd c
 JOIN campaigns k ON k.id = c.campaign_id
-JOIN customers u ON u.id = c.customer_id
-WHERE c.status = 'sending'`
+JOIN customers u ON u.id = c.customer_id`
 
 // Unclaimed explains why a fetched job was not claimed.
 type Unclaimed struct {
@@ -120,6 +121,16 @@ type Unclaimed struct {
 	// message another worker is delivering); zero means there is nothing
 	// left to do (final, or the message no longer exists).
 	RetryAt time.Time
+	// Cancelled: this claim ended the message cancelled (its campaign was
+	// cancelled, or its customer opted out of Channel).
+	Cancelled bool
+	Channel   string
+}
+
+// claimRow is a row of the claim: a job, or a message the claim cancelled.
+type claimRow struct {
+	Job
+	Status Status `db:"status"`
 }
 
 // A job of a campaign that is not sending (paused) is dropped: resuming
@@ -136,26 +147,35 @@ LEFT JOIN outbound_messages m ON m.id = u.id
 LEFT JOIN campaigns k ON k.id = m.campaign_id`
 
 // Claim moves the given messages to sending and returns them as jobs, plus
-// what to do with the ids it could not claim. Claiming is a guarded update,
-// so a job delivered twice (redelivery after a crash, a sweep) is claimed by
-// one worker only.
+// what to do with the ids it could not claim, among them the ones it
+// cancelled. Claiming is a guarded update, so a job delivered twice
+// (redelivery after a crash, a sweep) is claimed by one worker only.
 func (r *Repo) Claim(ctx context.Context, ids []int64, lease time.Duration) ([]Job, []Unclaimed, error) {
-	var jobs []Job
+	var claimed []claimRow
 	st, err := r.prepared(ctx, claimSQL)
 	if err != nil {
 		return nil, nil, postgres.Classify(err, "prepare claim")
 	}
-	if err := st.SelectContext(ctx, &jobs, pq.Array(ids), pgInterval(lease)); err != nil {
+	if err := st.SelectContext(ctx, &claimed, pq.Array(ids), pgInterval(lease)); err != nil {
 		return nil, nil, postgres.Classify(err, "claim messages")
 	}
-	if len(jobs) == len(ids) {
-		return jobs, nil, nil
+	jobs := make([]Job, 0, len(claimed))
+	var out []Unclaimed
+	for _, c := range claimed {
+		if c.Status == StatusCancelled {
+			out = append(out, Unclaimed{ID: c.ID, Cancelled: true, Channel: c.Channel})
+			continue
+		}
+		jobs = append(jobs, c.Job)
 	}
-	got := make(map[int64]bool, len(jobs))
-	for _, j := range jobs {
-		got[j.ID] = true
+	if len(claimed) == len(ids) {
+		return jobs, out, nil
 	}
-	rest := make([]int64, 0, len(ids)-len(jobs))
+	got := make(map[int64]bool, len(claimed))
+	for _, c := range claimed {
+		got[c.ID] = true
+	}
+	rest := make([]int64, 0, len(ids)-len(claimed))
 	for _, id := range ids {
 		if !got[id] {
 			rest = append(rest, id)
@@ -166,7 +186,6 @@ func (r *Repo) Claim(ctx context.Context, ids []int64, lease time.Duration) ([]J
 		return nil, nil, postgres.Classify(err, "inspect unclaimed messages")
 	}
 	defer rows.Close()
-	var out []Unclaimed
 	for rows.Next() {
 		var u Unclaimed
 		var at sql.NullTime
@@ -203,12 +222,13 @@ SET status = v.status,
     updated_at = now()
 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::timestamptz[])
      AS v(id, status, content, err, attempted, next_at)
-WHERE m.id = v.id AND m.status = 'sending'`
+WHERE m.id = v.id AND m.status = 'sending'
+RETURNING m.id`
 
 // Record stores a batch of outcomes with one statement. The update is
 // guarded by status = 'sending', so an outcome for a message that was
-// meanwhile finished elsewhere changes nothing.
-func (r *Repo) Record(ctx context.Context, outcomes []Outcome) error {
+// meanwhile finished elsewhere changes nothing; skipped lists those ids.
+func (r *Repo) Record(ctx context.Context, outcomes []Outcome) (skipped []int64, err error) {
 	n := len(outcomes)
 	ids := make([]int64, n)
 	statuses := make([]string, n)
@@ -225,11 +245,24 @@ func (r *Repo) Record(ctx context.Context, outcomes []Outcome) error {
 	}
 	st, err := r.prepared(ctx, recordSQL)
 	if err != nil {
-		return postgres.Classify(err, "prepare record")
+		return nil, postgres.Classify(err, "prepare record")
 	}
-	_, err = st.ExecContext(ctx, pq.Array(ids), pq.Array(statuses), pq.Array(contents),
+	var stored []int64
+	err = st.SelectContext(ctx, &stored, pq.Array(ids), pq.Array(statuses), pq.Array(contents),
 		pq.Array(errsText), pq.Array(attempted), pq.Array(timeArray(next)))
-	return postgres.Classify(err, "record outcomes")
+	if err != nil || len(stored) == n {
+		return nil, postgres.Classify(err, "record outcomes")
+	}
+	done := make(map[int64]bool, len(stored))
+	for _, id := range stored {
+		done[id] = true
+	}
+	for _, id := range ids {
+		if !done[id] {
+			skipped = append(skipped, id)
+		}
+	}
+	return skipped, nil
 }
 
 // timeArray renders nullable times as a text array PostgreSQL casts to

@@ -87,6 +87,9 @@ func NewMock(opts MockOptions, ledger Ledger) *Mock {
 	return &Mock{opts: opts, ledger: ledger, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))}
 }
 
+// Name is the provider's name in metrics and logs.
+func (m *Mock) Name() string { return "mock" }
+
 // Send implements Sender.
 func (m *Mock) Send(ctx context.Context, out Outgoing) error {
 	m.mu.Lock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,6 +30,8 @@ type PoolOptions struct {
 	HeartbeatInterval time.Duration
 	DrainTimeout      time.Duration // on shutdown, how long in-flight deliveries may take
 	FlushInterval     time.Duration // longest an outcome waits to be recorded with others
+	Provider          string        // the sender's name, for Observer
+	Observer          Observer      // nil: nothing is observed
 
 	// The three below default from Concurrency and BatchSize; see defaults.
 	Fetchers int // fetch-and-claim loops running at once
@@ -57,6 +60,9 @@ func (o *PoolOptions) defaults() {
 	}
 	if o.FlushInterval <= 0 {
 		o.FlushInterval = 10 * time.Millisecond
+	}
+	if o.Observer == nil {
+		o.Observer = nopObserver{}
 	}
 	// One fetcher and one flusher each do one batch per round trip pair,
 	// so their rate is BatchSize per (Redis + PostgreSQL) latency. A large
@@ -123,7 +129,7 @@ func NewPool(opts PoolOptions, queue jobQueue, repo *Repo, sender Sender, policy
 	}
 }
 
-// PoolStats counts outcomes since the pool started.
+// PoolStats counts the outcomes this pool stored since it started.
 type PoolStats struct {
 	Sent     int64 `json:"sent"`
 	Failed   int64 `json:"failed"`
@@ -208,7 +214,10 @@ func (p *Pool) Run(ctx context.Context) error {
 	for range p.opts.Concurrency {
 		workers.Go(func() { // exits when jobs is closed and drained
 			for j := range jobs {
-				results <- p.deliver(sendCtx, j)
+				p.opts.Observer.Busy(1)
+				r := p.deliver(sendCtx, j)
+				p.opts.Observer.Busy(-1)
+				results <- r
 				<-tokens
 			}
 		})
@@ -367,6 +376,7 @@ func (p *Pool) claim(ctx context.Context, ids []int64) ([]Job, time.Time) {
 		cancel()
 		if err == nil {
 			if len(unclaimed) > 0 {
+				p.observeCancelled(unclaimed)
 				p.settleUnclaimed(ctx, unclaimed)
 			}
 			return jobs, at
@@ -376,6 +386,19 @@ func (p *Pool) claim(ctx context.Context, ids []int64) ([]Job, time.Time) {
 			return nil, at
 		}
 	}
+}
+
+// observeCancelled counts the messages the claim, already committed,
+// cancelled.
+func (p *Pool) observeCancelled(unclaimed []Unclaimed) {
+	var buf [2]channelTally
+	t := tally(buf[:0])
+	for _, u := range unclaimed {
+		if u.Cancelled {
+			t = t.add(u.Channel, kindCancelled)
+		}
+	}
+	t.report(p.opts.Observer, p.opts.Provider)
 }
 
 func (p *Pool) settleUnclaimed(ctx context.Context, unclaimed []Unclaimed) {
@@ -419,7 +442,9 @@ func (p *Pool) deliver(sendCtx context.Context, cj claimedJob) (r result) {
 		return p.notAttempted(j)
 	}
 	ctx, cancel := context.WithTimeout(sendCtx, p.opts.SendTimeout)
+	start := time.Now()
 	err = p.sender.Send(ctx, Outgoing{IdempotencyKey: j.ID, Channel: j.Channel, To: j.Phone, Body: body})
+	p.opts.Observer.DeliveryTook(p.opts.Provider, time.Since(start))
 	cancel()
 	if err == nil {
 		r.outcome = Outcome{ID: j.ID, Status: StatusSent, Content: body, Attempted: true}
@@ -443,6 +468,20 @@ func (p *Pool) deliverable(j claimedJob) bool {
 
 func (p *Pool) notAttempted(j Job) result {
 	return result{job: j, outcome: Outcome{ID: j.ID, Status: StatusPending}}
+}
+
+// kind says what the result does to its message once recorded.
+func (r result) kind() kind {
+	switch {
+	case r.outcome.Status == StatusSent:
+		return kindSent
+	case r.dead:
+		return kindFailed
+	case !r.outcome.Attempted:
+		return kindRequeued
+	default:
+		return kindRetried
+	}
 }
 
 func (p *Pool) failure(j Job, err error, permanent bool) result {
@@ -528,30 +567,27 @@ func (p *Pool) flush(ctx context.Context, batch []result) {
 	var s Settlement
 	for i, r := range batch {
 		outcomes[i] = r.outcome
-		switch {
-		case r.outcome.Status == StatusSent:
+		switch r.kind() {
+		case kindSent:
 			s.Done = append(s.Done, r.job.ID)
-			p.sent.Add(1)
-		case r.dead:
+		case kindFailed:
 			s.Dead = append(s.Dead, r.job.ID)
-			p.failed.Add(1)
 			p.log.Warn("message failed for good", "message_id", r.job.ID, "campaign_id", r.job.CampaignID,
 				"attempts", r.job.RetryCount+1, "err", r.outcome.Error)
-		case !r.outcome.Attempted:
+		case kindRequeued:
 			s.Requeue = append(s.Requeue, r.job.ID)
-			p.requeued.Add(1)
 		default:
 			if s.Delay == nil {
 				s.Delay = map[int64]time.Time{}
 			}
 			s.Delay[r.job.ID] = r.outcome.NextAttemptAt
-			p.retried.Add(1)
 		}
 	}
 	backoff := newBackoff(200*time.Millisecond, 5*time.Second)
 	for {
-		err := p.repo.Record(ctx, outcomes)
+		skipped, err := p.repo.Record(ctx, outcomes)
 		if err == nil {
+			p.count(batch, skipped)
 			break
 		}
 		p.log.Warn("recording outcomes failed; retrying", "err", err, "outcomes", len(outcomes), "retry_in", backoff.peek())
@@ -561,6 +597,28 @@ func (p *Pool) flush(ctx context.Context, batch []result) {
 		}
 	}
 	p.settle(ctx, s)
+}
+
+// count adds a recorded batch to the pool's counters and the observer,
+// leaving out the outcomes the database skipped (their messages were
+// finished elsewhere), so the counts agree with the stored statuses.
+func (p *Pool) count(batch []result, skipped []int64) {
+	var n [kindRequeued + 1]int64
+	var buf [2]channelTally
+	t := tally(buf[:0])
+	for _, r := range batch {
+		if len(skipped) > 0 && slices.Contains(skipped, r.job.ID) {
+			continue
+		}
+		k := r.kind()
+		n[k]++
+		t = t.add(r.job.Channel, k)
+	}
+	p.sent.Add(n[kindSent])
+	p.failed.Add(n[kindFailed])
+	p.retried.Add(n[kindRetried])
+	p.requeued.Add(n[kindRequeued])
+	t.report(p.opts.Observer, p.opts.Provider)
 }
 
 // settle retries until Redis takes the settlement or ctx ends. Giving up

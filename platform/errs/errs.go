@@ -24,6 +24,9 @@ const (
 	KindUnsupportedMedia
 	KindUnprocessable
 	KindUnavailable
+	KindUnauthenticated
+	KindForbidden
+	KindRateLimited
 )
 
 // Codes shared by every feature. Features add their own (CAMPAIGN_NOT_FOUND, ...).
@@ -36,6 +39,9 @@ const (
 	CodeUnsupportedMedia = "UNSUPPORTED_MEDIA_TYPE"
 	CodeUnavailable      = "UNAVAILABLE"
 	CodeInternal         = "INTERNAL_ERROR"
+	CodeUnauthenticated  = "UNAUTHENTICATED"
+	CodeForbidden        = "FORBIDDEN"
+	CodeRateLimited      = "RATE_LIMITED"
 )
 
 // Error is an error a client may see. Message is shown to clients for every

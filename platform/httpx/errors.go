@@ -36,6 +36,9 @@ var statusByKind = map[errs.Kind]int{
 	errs.KindUnsupportedMedia: http.StatusUnsupportedMediaType,
 	errs.KindUnprocessable:    http.StatusUnprocessableEntity,
 	errs.KindUnavailable:      http.StatusServiceUnavailable,
+	errs.KindUnauthenticated:  http.StatusUnauthorized,
+	errs.KindForbidden:        http.StatusForbidden,
+	errs.KindRateLimited:      http.StatusTooManyRequests,
 }
 
 // Status returns the HTTP status for kind.
@@ -62,8 +65,7 @@ func ErrorHandler(log *slog.Logger) echo.HTTPErrorHandler {
 			body = Body{Code: errs.CodeInternal, Message: "internal error; the request ID is in the X-Request-Id header"}
 		}
 		if status >= 500 {
-			log.ErrorContext(c.Request().Context(), "request failed",
-				"request_id", RequestID(c), "method", c.Request().Method,
+			log.ErrorContext(c.Request().Context(), "request failed", "method", c.Request().Method,
 				"path", c.Request().URL.Path, "status", status, "err", err)
 		}
 		if c.Request().Method == http.MethodHead {
@@ -72,7 +74,7 @@ func ErrorHandler(log *slog.Logger) echo.HTTPErrorHandler {
 			err = c.JSON(status, Envelope{Error: body})
 		}
 		if err != nil {
-			log.WarnContext(c.Request().Context(), "write error response", "request_id", RequestID(c), "err", err)
+			log.WarnContext(c.Request().Context(), "write error response", "err", err)
 		}
 	}
 }
