@@ -90,8 +90,14 @@ const (
 // baseCrashVars is the environment every subprocess gets on top of its
 // storage: fast loops, a flaky mock sender with a PostgreSQL ledger, short
 // leases. Tests may override any key.
+// crashAPIKey is the admin key every process under test is started with.
+const crashAPIKey = "dsp_crashtests_admin_0123456789abcdefghijkl"
+
 func baseCrashVars() map[string]string {
 	return map[string]string{
+		"BOOTSTRAP_API_KEY":         crashAPIKey,
+		"API_RATE_LIMIT":            "100000",
+		"API_RATE_BURST":            "100000",
 		"LOG_FORMAT":                "json",
 		"LOG_LEVEL":                 "info",
 		"DATABASE_SEED_ON_START":    "false",
@@ -332,6 +338,7 @@ func (p *dispatchProc) do(t *testing.T, method, path, contentType string, body [
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
+	req.Header.Set("Authorization", "Bearer "+crashAPIKey)
 	client := &http.Client{Timeout: 60 * time.Second}
 	resp, err := client.Do(req)
 	if err != nil {

@@ -33,15 +33,21 @@ func run() int {
 		}
 		return 2
 	}
-	cfg, err := app.Load(fs)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 2
-	}
+	// A bad configuration is a start-up failure like any other: one line at
+	// error level through the configured logger, or, when the logger's own
+	// settings are what is wrong, one plain line on stderr; exit 1.
+	cfg, cfgErr := app.Load(fs)
 	log, err := logging.New(os.Stderr, cfg.Log.Level, cfg.Log.Format)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 2
+		if cfgErr != nil {
+			err = cfgErr // it lists the bad log setting with any others
+		}
+		fmt.Fprintln(os.Stderr, "exiting:", err)
+		return 1
+	}
+	if cfgErr != nil {
+		log.Error("exiting", "err", cfgErr)
+		return 1
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -13,9 +13,11 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/jmoiron/sqlx"
+	"github.com/pressly/goose/v3"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/campaignd/dispatch/campaign"
@@ -23,8 +25,9 @@ import (
 	"github.com/campaignd/dispatch/db/migrations"
 	"github.com/campaignd/dispatch/db/seed"
 	"github.com/campaignd/dispatch/messaging"
+	"github.com/campaignd/dispatch/platform/auth"
+	"github.com/campaignd/dispatch/platform/metrics"
 	"github.com/campaignd/dispatch/platform/postgres"
-	"github.com/campaignd/dispatch/platform/redisx"
 )
 
 // App is one running replica: the HTTP API (unless disabled), the worker
@@ -38,25 +41,38 @@ type App struct {
 	server   *http.Server
 	listener net.Listener
 
+	migrator *goose.Provider // readiness: are all migrations applied?
+	authn    *auth.Authenticator
+	keys     *auth.Service
+
 	customers *customer.Service
 	campaigns *campaign.Service
 	messaging *messaging.Service
 	pool      *messaging.Pool // nil on an API-only replica
+	metrics   *metrics.Registry
 }
 
-// New connects to PostgreSQL and Redis, migrates and seeds as configured,
-// builds the features and binds the HTTP port. Nothing runs until Run.
-func New(ctx context.Context, cfg Config, log *slog.Logger) (a *App, err error) {
-	a = &App{cfg: cfg, log: log}
+// New connects to PostgreSQL and Redis (waiting up to startup_timeout for
+// each to be reachable), migrates and seeds as configured, builds the
+// features and binds the HTTP port. Nothing runs until Run. On error it
+// returns a nil *App, having closed whatever it had opened, and an error of
+// one line that names the cause.
+func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error) {
+	// a is not the named result: each "return nil, err" sets the result to
+	// nil, and the cleanup below must still see what was opened.
+	a := &App{cfg: cfg, log: log}
 	defer func() {
 		if err != nil {
 			a.Close()
 		}
 	}()
 
-	log.Info("starting", "config", cfg.Masked())
+	log.Info("starting", "version", Version(), "config", cfg)
+	if cfg.Auth.Disabled {
+		log.Warn("authentication is DISABLED (AUTH_DISABLED=true): anyone who reaches this port can read and message every customer")
+	}
 
-	a.db, err = postgres.Open(ctx, cfg.DatabaseURL(), postgres.Options{
+	a.db, err = openPostgres(ctx, cfg, log, postgres.Options{
 		MaxOpenConns:    cfg.Database.MaxOpenConns,
 		MaxIdleConns:    cfg.Database.MaxIdleConns,
 		ConnMaxLifetime: cfg.Database.ConnMaxLifetime,
@@ -82,18 +98,35 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (a *App, err error) 
 		}
 	}
 
-	a.rdb, err = redisx.Open(ctx, cfg.Redis.URL)
+	a.rdb, err = openRedis(ctx, cfg, log)
 	if err != nil {
 		return nil, err
 	}
 
 	a.wire()
+	if a.migrator, err = migrations.Provider(a.db.DB); err != nil {
+		return nil, err
+	}
+	if cfg.BootstrapAPIKey != "" {
+		if err := a.keys.Bootstrap(ctx, cfg.BootstrapAPIKey); err != nil {
+			return nil, fmt.Errorf("store the bootstrap API key: %w", err)
+		}
+	}
+	if !cfg.Auth.Disabled {
+		if err := a.keys.WarnIfNoKeys(ctx); err != nil {
+			return nil, err
+		}
+	}
 
 	handler, err := a.routes()
 	if err != nil {
 		return nil, err
 	}
 	a.listener, err = net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(cfg.API.Port)))
+	if errors.Is(err, syscall.EADDRINUSE) {
+		// The usual case, said plainly: "listen on port 8080: address already in use".
+		return nil, fmt.Errorf("listen on port %d: %w", cfg.API.Port, syscall.EADDRINUSE)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("listen on port %d: %w", cfg.API.Port, err)
 	}
@@ -113,6 +146,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (a *App, err error) 
 // consumer declares.
 func (a *App) wire() {
 	cfg := a.cfg
+	a.authn = auth.NewAuthenticator(auth.NewStore(a.db), cfg.Auth.CacheTTL)
+	a.keys = auth.NewService(auth.NewStore(a.db), a.authn, a.log.With("component", "auth"))
 	a.customers = customer.NewService(customer.NewRepo(a.db), cfg.Customers.DefaultRegion)
 
 	queue := messaging.NewRedisQueue(a.rdb, cfg.Redis.KeyPrefix, cfg.Queue.Name)
@@ -125,6 +160,7 @@ func (a *App) wire() {
 		UnpushedAfter:   cfg.Sweeper.UnpushedAfter,
 		StaleAfter:      cfg.Sweeper.StaleAfter,
 	}, a.log.With("component", "sweeper"))
+	a.metrics = a.newMetrics()
 
 	a.campaigns = campaign.NewService(campaign.NewRepo(a.db), messaging.Templates{}, contactFinder{a.customers}, nil).
 		WithDispatch(dispatcher{a.messaging}, a.log.With("component", "campaign"))
@@ -150,6 +186,8 @@ func (a *App) wire() {
 			Lease:             cfg.Worker.Lease,
 			HeartbeatInterval: cfg.Worker.HeartbeatInterval,
 			DrainTimeout:      cfg.Worker.DrainTimeout,
+			Provider:          sender.Name(),
+			Observer:          a.metrics,
 		}, queue, msgRepo, sender, messaging.RetryPolicy{
 			MaxAttempts: cfg.MaxRetryCount,
 			Base:        cfg.RetryBackoffBase,
@@ -228,10 +266,10 @@ func (a *App) Run(ctx context.Context) error {
 }
 
 // Close releases connections in reverse order of creation. Safe to call on a
-// partly built App.
+// partly built App, and on one that never ran.
 func (a *App) Close() {
-	if a.listener != nil && a.server == nil {
-		a.listener.Close()
+	if a.listener != nil {
+		a.listener.Close() // already closed if Run served on it: the error says so
 	}
 	if a.rdb != nil {
 		if err := a.rdb.Close(); err != nil {

@@ -70,7 +70,7 @@ func (e *audEnv) importCustomers(t *testing.T, cs ...audCustomer) []int64 {
 		fmt.Fprintf(&csv, "%s,%s,Last,%s,%s\n", c.phone, c.first, c.location, c.product)
 		phones[i] = c.phone
 	}
-	importCSV(t, e.base, csv.String())
+	e.importCSV(t, csv.String())
 	return customerIDs(t, e.db, phones)
 }
 
@@ -561,7 +561,7 @@ func TestOptOutSkippedAtSend(t *testing.T) {
 
 	t.Run("opted back in", func(t *testing.T) {
 		req, _ := http.NewRequest("DELETE", fmt.Sprintf("%s/customers/%d/opt-out?channel=sms", e.base, ids[0]), nil)
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := e.client.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -834,7 +834,7 @@ func (e *audEnv) patch(t *testing.T, id int64, body any, out any) int {
 			t.Fatal(err)
 		}
 		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := e.client.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -87,7 +87,7 @@ FROM generate_series(1, $1) AS g`, n); err != nil {
 		b.StartTimer()
 
 		start := time.Now()
-		resp, err := http.Post(fmt.Sprintf("%s/campaigns/%d/send", ta.base, c.ID), "application/json",
+		resp, err := ta.client.Post(fmt.Sprintf("%s/campaigns/%d/send", ta.base, c.ID), "application/json",
 			bytes.NewReader([]byte(`{"audience":{"all":true}}`)))
 		if err != nil {
 			b.Fatal(err)

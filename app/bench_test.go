@@ -153,7 +153,7 @@ func sendBody(ids []int64) []byte {
 // send posts a pre-encoded send request and fails unless it is accepted.
 func (ba *benchApp) send(b *testing.B, campaignID int64, body []byte) {
 	b.Helper()
-	resp, err := http.Post(fmt.Sprintf("%s/campaigns/%d/send", ba.base, campaignID), "application/json", bytes.NewReader(body))
+	resp, err := ba.client.Post(fmt.Sprintf("%s/campaigns/%d/send", ba.base, campaignID), "application/json", bytes.NewReader(body))
 	if err != nil {
 		b.Fatal(err)
 	}

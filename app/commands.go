@@ -23,7 +23,12 @@ commands:
   migrate down     roll back the latest migration
   migrate status   list migrations and whether each is applied
   seed             insert the demo customers and campaigns (idempotent)
-  healthcheck      exit 0 if the local service's /health answers 200 (for container healthchecks)
+  healthcheck      exit 0 if the local service's /readyz answers 200 (for container healthchecks)
+  apikey create NAME [read|write|admin]
+                   create an API key (admin by default) and print it, once
+  apikey list      list API keys (never their secrets)
+  apikey revoke ID revoke an API key
+  version          print the version
 
 flags:
 `
@@ -51,9 +56,9 @@ func Main(ctx context.Context, cfg Config, log *slog.Logger, args []string, out 
 		if len(args) == 2 {
 			sub = args[1]
 		}
-		return migrate(ctx, cfg, sub, out)
+		return migrate(ctx, cfg, log, sub, out)
 	case "seed":
-		db, err := postgres.Open(ctx, cfg.DatabaseURL(), postgres.Options{MaxOpenConns: 2, CreateDatabase: cfg.Database.CreateIfMissing})
+		db, err := openPostgres(ctx, cfg, log, postgres.Options{MaxOpenConns: 2, CreateDatabase: cfg.Database.CreateIfMissing})
 		if err != nil {
 			return err
 		}
@@ -68,12 +73,17 @@ func Main(ctx context.Context, cfg Config, log *slog.Logger, args []string, out 
 		return nil
 	case "healthcheck":
 		return healthcheck(ctx, cfg.API.Port)
+	case "apikey":
+		return apikey(ctx, cfg, log, args[1:], out)
+	case "version":
+		fmt.Fprintln(out, Version())
+		return nil
 	}
 	return fmt.Errorf("unknown command %q\n%s", strings.Join(args, " "), Usage)
 }
 
-func migrate(ctx context.Context, cfg Config, sub string, out io.Writer) error {
-	db, err := postgres.Open(ctx, cfg.DatabaseURL(), postgres.Options{MaxOpenConns: 2, CreateDatabase: cfg.Database.CreateIfMissing})
+func migrate(ctx context.Context, cfg Config, log *slog.Logger, sub string, out io.Writer) error {
+	db, err := openPostgres(ctx, cfg, log, postgres.Options{MaxOpenConns: 2, CreateDatabase: cfg.Database.CreateIfMissing})
 	if err != nil {
 		return err
 	}
@@ -119,12 +129,15 @@ func migrate(ctx context.Context, cfg Config, sub string, out io.Writer) error {
 	return fmt.Errorf("migrate needs up, down or status\n%s", Usage)
 }
 
-// healthcheck asks the service on this host for /health, so a distroless
+// healthcheck asks the service on this host for /readyz, so a distroless
 // container (no shell, no curl) can be health-checked by its own binary.
+// Readiness, not liveness: a container whose PostgreSQL or Redis is gone is
+// shown unhealthy, which is what an operator looking at it needs to see;
+// compose does not restart on it.
 func healthcheck(ctx context.Context, port int) error {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/health", port), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/readyz", port), nil)
 	if err != nil {
 		return err
 	}

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net"
 	"net/url"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -14,13 +17,15 @@ import (
 
 	"github.com/campaignd/dispatch/configs"
 	"github.com/campaignd/dispatch/customer"
+	"github.com/campaignd/dispatch/platform/auth"
 )
 
 // Config is the service's whole configuration. Load fills it from, in rising
 // precedence: the embedded configs/config.yaml, a --config file, environment
 // variables (API_PORT for api.port), and command-line flags.
 type Config struct {
-	Database struct {
+	StartupTimeout time.Duration `mapstructure:"startup_timeout"`
+	Database       struct {
 		URL             string        `mapstructure:"url"`
 		CreateIfMissing bool          `mapstructure:"create_if_missing"`
 		MigrateOnStart  bool          `mapstructure:"migrate_on_start"`
@@ -51,8 +56,16 @@ type Config struct {
 		ImportBodyLimit string        `mapstructure:"import_body_limit"`
 		ImportMaxRows   int           `mapstructure:"import_max_rows"`
 		ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
+		RateLimit       int           `mapstructure:"rate_limit"`
+		RateBurst       int           `mapstructure:"rate_burst"`
+		TrustedProxies  string        `mapstructure:"trusted_proxies"`
 	} `mapstructure:"api"`
-	Customers struct {
+	Auth struct {
+		Disabled bool          `mapstructure:"disabled"`
+		CacheTTL time.Duration `mapstructure:"cache_ttl"`
+	} `mapstructure:"auth"`
+	BootstrapAPIKey string `mapstructure:"bootstrap_api_key"`
+	Customers       struct {
 		DefaultRegion string `mapstructure:"default_region"`
 	} `mapstructure:"customers"`
 	WorkerConcurrency int           `mapstructure:"worker_concurrency"`
@@ -132,9 +145,30 @@ func Load(fs *pflag.FlagSet) (Config, error) {
 		}
 	}
 	if err := v.Unmarshal(&cfg); err != nil {
-		return cfg, fmt.Errorf("config: %w", err)
+		return cfg, errors.New("config: " + oneLine(err.Error()))
 	}
 	return cfg, cfg.Validate()
+}
+
+// oneLine joins a multi-line message (the decoder lists one problem a line)
+// into one line: "a:\n\nb\nc" becomes "a: b; c".
+func oneLine(msg string) string {
+	var b strings.Builder
+	for line := range strings.Lines(msg) {
+		line = strings.TrimSpace(line)
+		if line == "" {
+			continue
+		}
+		if b.Len() > 0 {
+			if strings.HasSuffix(b.String(), ":") {
+				b.WriteString(" ")
+			} else {
+				b.WriteString("; ")
+			}
+		}
+		b.WriteString(line)
+	}
+	return b.String()
 }
 
 // Validate lists every problem with the configuration.
@@ -154,6 +188,9 @@ func (c Config) Validate() error {
 		}
 	} else if u, err := url.Parse(c.Database.URL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
 		bad("database.url (DATABASE_URL) must be a postgres:// URL")
+	}
+	if c.StartupTimeout <= 0 {
+		bad("startup_timeout (STARTUP_TIMEOUT) must be positive")
 	}
 	if c.Database.MaxOpenConns < 1 {
 		bad("database.max_open_conns (DATABASE_MAX_OPEN_CONNS) must be at least 1, got %d", c.Database.MaxOpenConns)
@@ -178,6 +215,23 @@ func (c Config) Validate() error {
 	}
 	if c.API.ShutdownTimeout <= 0 {
 		bad("api.shutdown_timeout (API_SHUTDOWN_TIMEOUT) must be positive")
+	}
+	if c.API.RateLimit < 1 {
+		bad("api.rate_limit (API_RATE_LIMIT) must be at least 1 request per second, got %d", c.API.RateLimit)
+	}
+	if c.API.RateBurst < 1 {
+		bad("api.rate_burst (API_RATE_BURST) must be at least 1, got %d", c.API.RateBurst)
+	}
+	if _, err := c.TrustedProxies(); err != nil {
+		bad("api.trusted_proxies (API_TRUSTED_PROXIES): %v", err)
+	}
+	if c.Auth.CacheTTL <= 0 || c.Auth.CacheTTL > time.Minute {
+		bad("auth.cache_ttl (AUTH_CACHE_TTL) must be positive and at most 1m (a revoked key works on other replicas this long), got %s", c.Auth.CacheTTL)
+	}
+	if c.BootstrapAPIKey != "" {
+		if err := auth.CheckFormat(c.BootstrapAPIKey); err != nil {
+			bad("bootstrap_api_key (BOOTSTRAP_API_KEY): %v", err)
+		}
 	}
 	if !customer.ValidRegion(c.Customers.DefaultRegion) {
 		bad("customers.default_region (CUSTOMERS_DEFAULT_REGION) must be a two-letter country code with a phone plan, such as US or KE; got %q", c.Customers.DefaultRegion)
@@ -248,7 +302,8 @@ func (c Config) Validate() error {
 		bad("log.format (LOG_FORMAT) must be json or text, got %q", c.Log.Format)
 	}
 	if len(problems) > 0 {
-		return errors.New("invalid configuration:\n  - " + strings.Join(problems, "\n  - "))
+		// One line, so that it stays one log record wherever it is printed.
+		return errors.New("invalid configuration: " + strings.Join(problems, "; "))
 	}
 	return nil
 }
@@ -280,7 +335,62 @@ func (c Config) Masked() Config {
 		m.DB.Password = "xxxxx"
 	}
 	m.Redis.URL = maskURL(c.Redis.URL)
+	if m.BootstrapAPIKey != "" {
+		m.BootstrapAPIKey = "xxxxx"
+	}
 	return m
+}
+
+// TrustedProxies parses api.trusted_proxies: comma-separated addresses or
+// CIDR ranges whose X-Forwarded-For the API believes.
+func (c Config) TrustedProxies() ([]*net.IPNet, error) {
+	var nets []*net.IPNet
+	for _, f := range strings.Split(c.API.TrustedProxies, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		if !strings.Contains(f, "/") {
+			ip := net.ParseIP(f)
+			if ip == nil {
+				return nil, fmt.Errorf("%q is neither an IP address nor a CIDR range", f)
+			}
+			bits := 8 * len(ip.To16())
+			if ip.To4() != nil {
+				ip, bits = ip.To4(), 32
+			}
+			nets = append(nets, &net.IPNet{IP: ip, Mask: net.CIDRMask(bits, bits)})
+			continue
+		}
+		_, n, err := net.ParseCIDR(f)
+		if err != nil {
+			return nil, fmt.Errorf("%q is neither an IP address nor a CIDR range", f)
+		}
+		nets = append(nets, n)
+	}
+	return nets, nil
+}
+
+// LogValue logs the configuration under its YAML key names, secrets masked,
+// so the dump reads like configs/config.yaml.
+func (c Config) LogValue() slog.Value { return structValue(reflect.ValueOf(c.Masked())) }
+
+func structValue(v reflect.Value) slog.Value {
+	t := v.Type()
+	attrs := make([]slog.Attr, 0, t.NumField())
+	for i := range t.NumField() {
+		name := t.Field(i).Tag.Get("mapstructure")
+		f := v.Field(i)
+		switch {
+		case f.Kind() == reflect.Struct:
+			attrs = append(attrs, slog.Attr{Key: name, Value: structValue(f)})
+		case f.Type() == reflect.TypeFor[time.Duration]():
+			attrs = append(attrs, slog.String(name, f.Interface().(time.Duration).String()))
+		default:
+			attrs = append(attrs, slog.Any(name, f.Interface()))
+		}
+	}
+	return slog.GroupValue(attrs...)
 }
 
 func maskURL(raw string) string {

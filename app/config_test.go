@@ -1,6 +1,7 @@
 package app
 
 import (
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -155,5 +156,33 @@ func TestParseBytes(t *testing.T) {
 		if (err == nil) != tt.ok || got != tt.want {
 			t.Errorf("ParseBytes(%q) = %d, %v; want %d, ok=%v", tt.in, got, err, tt.want, tt.ok)
 		}
+	}
+}
+
+// TestConfigLogValue: the start-up dump uses the YAML key names and masks
+// every secret.
+func TestConfigLogValue(t *testing.T) {
+	cfg, err := Load(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Database.URL = "postgres://app:s3cret-db@db:5432/campaigns"
+	cfg.Redis.URL = "redis://:s3cret-redis@cache:6379/0"
+	cfg.BootstrapAPIKey = "dsp_s3cretBootstrapKey_0123456789abcdefgh"
+	var buf strings.Builder
+	slog.New(slog.NewJSONHandler(&buf, nil)).Info("starting", "config", cfg)
+	out := buf.String()
+	for _, secret := range []string{"s3cret-db", "s3cret-redis", "s3cretBootstrapKey"} {
+		if strings.Contains(out, secret) {
+			t.Errorf("the config dump shows a secret (%s): %s", secret, out)
+		}
+	}
+	for _, key := range []string{`"worker_concurrency":50`, `"max_open_conns":40`, `"shutdown_timeout":"15s"`, `"bootstrap_api_key":"xxxxx"`, `"rate_limit":100`} {
+		if !strings.Contains(out, key) {
+			t.Errorf("the config dump lacks %s: %s", key, out)
+		}
+	}
+	if strings.Contains(out, "WorkerConcurrency") {
+		t.Errorf("the config dump uses Go field names: %s", out)
 	}
 }

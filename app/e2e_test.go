@@ -51,7 +51,7 @@ func TestEndToEnd(t *testing.T) {
 	}
 	req, _ := http.NewRequest("POST", ta.base+"/customers/import", strings.NewReader(csv.String()))
 	req.Header.Set("Content-Type", "text/csv")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := ta.client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

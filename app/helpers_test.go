@@ -23,9 +23,30 @@ import (
 // its own.
 type testApp struct {
 	*App
-	base   string
+	base string
+	// client sends the test admin key with every request that names none,
+	// and checks every response against the OpenAPI document.
+	client *http.Client
 	cancel context.CancelFunc
 	done   chan error
+}
+
+// testAPIKey is made an admin key by every test app (BOOTSTRAP_API_KEY).
+const testAPIKey = "dsp_testsuite_admin_0123456789abcdefghijklmn"
+
+// keyTransport adds "Authorization: Bearer key" to requests that carry no
+// Authorization header of their own.
+type keyTransport struct {
+	key  string
+	next http.RoundTripper
+}
+
+func (k keyTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if _, set := r.Header["Authorization"]; !set {
+		r = r.Clone(r.Context())
+		r.Header.Set("Authorization", "Bearer "+k.key)
+	}
+	return k.next.RoundTrip(r)
 }
 
 // testConfig is the default configuration pointed at fresh storage, with
@@ -44,6 +65,9 @@ func testConfig(t testing.TB) Config {
 	cfg.Database.MaxOpenConns, cfg.Database.MaxIdleConns = 8, 8
 	cfg.Redis.URL = redistest.URL()
 	cfg.Redis.KeyPrefix = prefix
+	cfg.BootstrapAPIKey = testAPIKey
+	// The rate limit has its own test; elsewhere it would only add noise.
+	cfg.API.RateLimit, cfg.API.RateBurst = 1_000_000, 1_000_000
 	cfg.API.Port = 0
 	cfg.WorkerConcurrency = 8
 	cfg.Sender.SuccessRate = 1
@@ -60,12 +84,18 @@ func testConfig(t testing.TB) Config {
 // startApp boots the app with cfg and stops it when the test ends.
 func startApp(t testing.TB, cfg Config) *testApp {
 	t.Helper()
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	return startAppWithLog(t, cfg, log)
+}
+
+// startAppWithLog is startApp with the app logging to log.
+func startAppWithLog(t testing.TB, cfg Config, log *slog.Logger) *testApp {
+	t.Helper()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	a, err := New(ctx, cfg, log)
@@ -73,7 +103,8 @@ func startApp(t testing.TB, cfg Config) *testApp {
 		cancel()
 		t.Fatalf("start app: %v", err)
 	}
-	ta := &testApp{App: a, base: "http://" + a.Addr(), cancel: cancel, done: make(chan error, 1)}
+	ta := &testApp{App: a, base: "http://" + a.Addr(), cancel: cancel, done: make(chan error, 1),
+		client: &http.Client{Transport: validatingTransport(t, keyTransport{key: testAPIKey, next: http.DefaultTransport})}}
 	go func() { ta.done <- a.Run(ctx) }()
 	t.Cleanup(func() { ta.stop(t) })
 	return ta
@@ -128,7 +159,7 @@ func (ta *testApp) do(t testing.TB, method, path string, body any, out any, head
 	for i := 0; i+1 < len(headers); i += 2 {
 		req.Header.Set(headers[i], headers[i+1])
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := ta.client.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
@@ -159,14 +190,14 @@ func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool)
 
 // importCSV posts csv to POST /customers/import and fails the test unless
 // the import is accepted.
-func importCSV(t testing.TB, base, csv string) {
+func (ta *testApp) importCSV(t testing.TB, csv string) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, base+"/customers/import", strings.NewReader(csv))
+	req, err := http.NewRequest(http.MethodPost, ta.base+"/customers/import", strings.NewReader(csv))
 	if err != nil {
 		t.Fatal(err)
 	}
 	req.Header.Set("Content-Type", "text/csv")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := ta.client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,23 +3,28 @@ package app
 import (
 	"context"
 	"fmt"
-	"net/http"
-	"strings"
-	"time"
+	"strconv"
 
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
 
 	"github.com/campaignd/dispatch/campaign"
 	"github.com/campaignd/dispatch/customer"
-	"github.com/campaignd/dispatch/messaging"
+	"github.com/campaignd/dispatch/platform/auth"
 	"github.com/campaignd/dispatch/platform/httpx"
+	"github.com/campaignd/dispatch/platform/ratelimit"
 )
+
+// publicRoutes need no API key: probes, metrics and the published contract.
+var publicRoutes = map[string]bool{
+	"/health": true, "/livez": true, "/readyz": true, "/metrics": true,
+	"/openapi.json": true, "/docs": true, "/docs/:asset": true,
+}
 
 // routes builds the Echo instance: middleware, the one error handler, and
 // each feature's routes. A worker-only replica (api.enabled false) serves
-// /health alone.
-func (a *App) routes() (http.Handler, error) {
+// only the probes and metrics.
+func (a *App) routes() (*echo.Echo, error) {
 	bodyLimit, err := ParseBytes(a.cfg.API.BodyLimit)
 	if err != nil {
 		return nil, err
@@ -32,21 +37,41 @@ func (a *App) routes() (http.Handler, error) {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = httpx.ErrorHandler(a.log)
+	e.IPExtractor = a.ipExtractor()
 	e.Use(
 		middleware.RequestID(),
 		httpx.Logger(a.log),
+		a.metrics.Middleware(), // inside Logger: it sees the status the client got
 		httpx.Recover(),
 		middleware.BodyLimitWithConfig(middleware.BodyLimitConfig{
 			Limit: fmt.Sprintf("%dB", bodyLimit),
 			// The import endpoint enforces its own, larger limit.
 			Skipper: func(c echo.Context) bool { return c.Path() == "/customers/import" },
 		}),
+		auth.Middleware(a.authn, auth.MiddlewareOptions{
+			Public:   func(c echo.Context) bool { return publicRoutes[c.Path()] },
+			Disabled: a.cfg.Auth.Disabled,
+		}),
+		ratelimit.Middleware(a.rdb, ratelimit.Options{
+			Rate:   a.cfg.API.RateLimit,
+			Burst:  a.cfg.API.RateBurst,
+			Prefix: a.cfg.Redis.KeyPrefix,
+			Client: rateLimitClient,
+			Log:    a.log,
+		}),
 	)
 
 	e.GET("/health", a.health)
+	e.GET("/metrics", echo.WrapHandler(a.metrics.Handler()))
+	e.GET("/livez", a.livez)
+	e.GET("/readyz", a.readyz)
 	if !a.cfg.API.Enabled {
 		return e, nil
 	}
+	if err := registerDocs(e); err != nil {
+		return nil, err
+	}
+	auth.NewHandler(a.keys).Register(e)
 
 	customer.NewHandler(a.customers, customer.HandlerOptions{
 		ImportMaxBytes: importLimit,
@@ -54,6 +79,36 @@ func (a *App) routes() (http.Handler, error) {
 	}).Register(e)
 	campaign.NewHandler(a.campaigns).Register(e)
 	return e, nil
+}
+
+// rateLimitClient names the allowance a request draws on: its API key, or,
+// with authentication disabled, its client address. Public routes are not
+// limited.
+func rateLimitClient(c echo.Context) (string, bool) {
+	k, ok := auth.FromContext(c.Request().Context())
+	switch {
+	case !ok:
+		return "", false
+	case k.ID == 0:
+		return "ip:" + c.RealIP(), true
+	}
+	return "key:" + strconv.FormatInt(k.ID, 10), true
+}
+
+// ipExtractor decides the client address logged and limited: the socket's
+// peer, unless it is a configured proxy, in which case the nearest untrusted
+// address in X-Forwarded-For. Nothing is trusted by default, so a client
+// cannot choose its own address with a header.
+func (a *App) ipExtractor() echo.IPExtractor {
+	nets, _ := a.cfg.TrustedProxies() // validated at load
+	if len(nets) == 0 {
+		return echo.ExtractIPDirect()
+	}
+	opts := []echo.TrustOption{echo.TrustLoopback(false), echo.TrustLinkLocal(false), echo.TrustPrivateNet(false)}
+	for _, n := range nets {
+		opts = append(opts, echo.TrustIPRange(n))
+	}
+	return echo.ExtractIPFromXFFHeader(opts...)
 }
 
 // contactFinder adapts the customer feature to campaign.CustomerFinder, so
@@ -73,51 +128,4 @@ func (f contactFinder) Contact(ctx context.Context, id int64) (campaign.Contact,
 		PreferredProduct: c.PreferredProduct,
 		Phone:            c.Phone,
 	}, nil
-}
-
-// healthBody is the /health response.
-type healthBody struct {
-	Status string            `json:"status"`
-	Checks map[string]string `json:"checks"`
-	Queue  *messaging.Depths `json:"queue,omitempty"`
-	Worker *workerInfo       `json:"worker,omitempty"`
-}
-
-type workerInfo struct {
-	Concurrency int                 `json:"concurrency"`
-	Processed   messaging.PoolStats `json:"processed"`
-}
-
-// health reports whether PostgreSQL and Redis answer, each within a second,
-// with the queue's depths and this replica's worker counters.
-func (a *App) health(c echo.Context) error {
-	ctx, cancel := context.WithTimeout(c.Request().Context(), time.Second)
-	defer cancel()
-	body := healthBody{Status: "ok", Checks: map[string]string{"postgres": "ok", "redis": "ok"}}
-	status := http.StatusOK
-	if err := a.db.PingContext(ctx); err != nil {
-		body.Checks["postgres"] = "unavailable: " + shortErr(err)
-		status = http.StatusServiceUnavailable
-	}
-	if err := a.rdb.Ping(ctx).Err(); err != nil {
-		body.Checks["redis"] = "unavailable: " + shortErr(err)
-		status = http.StatusServiceUnavailable
-	} else if d, err := a.messaging.QueueDepths(ctx); err == nil {
-		body.Queue = &d
-	}
-	if a.pool != nil {
-		body.Worker = &workerInfo{Concurrency: a.cfg.WorkerConcurrency, Processed: a.pool.Stats()}
-	}
-	if status != http.StatusOK {
-		body.Status = "unavailable"
-	}
-	return c.JSON(status, body)
-}
-
-func shortErr(err error) string {
-	s := err.Error()
-	if i := strings.LastIndex(s, ": "); i >= 0 && i+2 < len(s) {
-		s = s[i+2:]
-	}
-	return s
 }

@@ -138,7 +138,7 @@ func importCustomers(t testing.TB, ta *testApp, db *sqlx.DB, locations ...string
 		phones[i] = fmt.Sprintf("+25471%07d", n)
 		fmt.Fprintf(&csv, "%s,C%d,Last,%s,Shoes\n", phones[i], n, loc)
 	}
-	importCSV(t, ta.base, csv.String())
+	ta.importCSV(t, csv.String())
 	return customerIDs(t, db, phones)
 }
 

@@ -30,7 +30,10 @@ type Options struct {
 	CreateDatabase bool
 }
 
-// Open connects to url, creating the database first if asked to, and pings it.
+// Open connects to dsn, creating the database first if asked to, and pings it.
+// A server that cannot be reached yields the driver's error as it is, with no
+// dsn in it (a dsn may hold a password): the caller says which server, with
+// Addr, and can test the error with IsUnavailable to decide to wait.
 func Open(ctx context.Context, dsn string, o Options) (*sqlx.DB, error) {
 	if o.CreateDatabase {
 		if err := ensureDatabase(ctx, dsn); err != nil {
@@ -54,7 +57,7 @@ func Open(ctx context.Context, dsn string, o Options) (*sqlx.DB, error) {
 	defer cancel()
 	if err := db.PingContext(pingCtx); err != nil {
 		db.Close()
-		return nil, fmt.Errorf("ping postgres at %s: %w", Redact(dsn), err)
+		return nil, err
 	}
 	return db, nil
 }
@@ -84,6 +87,12 @@ func ensureDatabase(ctx context.Context, dsn string) error {
 	defer cancel()
 	var exists bool
 	if err := db.QueryRowContext(cctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name).Scan(&exists); err != nil {
+		if IsUnavailable(err) {
+			// The server is not up (yet): say so, so the caller may wait
+			// and come back, instead of failing later on a database that
+			// does not exist because this step was skipped.
+			return err
+		}
 		// The role may not reach the maintenance database; the real
 		// connection will report the actual problem.
 		return nil
@@ -103,6 +112,32 @@ func ensureDatabase(ctx context.Context, dsn string) error {
 func isDuplicateDatabase(err error) bool {
 	var pe *pq.Error
 	return errors.As(err, &pe) && pe.Code == "42P04"
+}
+
+// Addr returns the host:port dsn connects to, for logs and errors: no user,
+// password or database name. A key=value dsn is read for host and port.
+func Addr(dsn string) string {
+	host, port := "localhost", "5432"
+	if u, err := url.Parse(dsn); err == nil && u.Scheme != "" {
+		if h := u.Hostname(); h != "" {
+			host = h
+		}
+		if p := u.Port(); p != "" {
+			port = p
+		}
+		return net.JoinHostPort(host, port)
+	}
+	for _, kv := range strings.Fields(dsn) {
+		k, v, _ := strings.Cut(kv, "=")
+		v = strings.Trim(v, "'")
+		switch {
+		case k == "host" && v != "":
+			host = v
+		case k == "port" && v != "":
+			port = v
+		}
+	}
+	return net.JoinHostPort(host, port)
 }
 
 // Redact returns dsn with its password replaced, for logs.

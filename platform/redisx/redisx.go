@@ -14,7 +14,10 @@ import (
 	"github.com/campaignd/dispatch/platform/errs"
 )
 
-// Open parses url, connects and pings.
+// Open parses url, connects and pings. A server that cannot be reached
+// yields the client's error as it is, with no url in it (a url may hold a
+// password): the caller says which server, with Addr, and can test the error
+// with IsUnavailable to decide to wait.
 func Open(ctx context.Context, url string) (*redis.Client, error) {
 	opt, err := redis.ParseURL(url)
 	if err != nil {
@@ -28,14 +31,34 @@ func Open(ctx context.Context, url string) (*redis.Client, error) {
 	// Let a caller's deadline or cancellation cut a call short, so shutdown
 	// and request timeouts are not held up by a slow or absent Redis.
 	opt.ContextTimeoutEnabled = true
+	// One plain dial first, so that a server that is not up (yet) is
+	// reported at once: the client would retry the dial and the command on
+	// its own for seconds, printing each failure to stderr.
+	dctx, cancel := context.WithTimeout(ctx, opt.DialTimeout)
+	conn, err := new(net.Dialer).DialContext(dctx, opt.Network, opt.Addr)
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	conn.Close()
 	c := redis.NewClient(opt)
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := c.Ping(pctx).Err(); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("ping redis at %s:%d: %w", opt.Addr, opt.DB, err)
+		return nil, err
 	}
 	return c, nil
+}
+
+// Addr returns the host:port url connects to, for logs and errors: no
+// user, password or database number.
+func Addr(url string) string {
+	opt, err := redis.ParseURL(url)
+	if err != nil {
+		return "(unparseable redis url)"
+	}
+	return opt.Addr
 }
 
 // Keys prefixes every key the service uses, so that tests (and several
@@ -45,14 +68,17 @@ type Keys struct{ Prefix string }
 // Key returns Prefix + name.
 func (k Keys) Key(name string) string { return k.Prefix + name }
 
-// IsUnavailable reports whether err means Redis cannot be reached.
+// IsUnavailable reports whether err means Redis cannot be reached or is not
+// serving yet (loading its data set, or out of client slots), as opposed to
+// a refused command or credentials.
 func IsUnavailable(err error) bool {
 	if err == nil || errors.Is(err, redis.Nil) {
 		return false
 	}
 	var ne net.Error
 	return errors.As(err, &ne) || errors.Is(err, syscall.ECONNREFUSED) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, redis.ErrClosed)
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, redis.ErrClosed) ||
+		redis.IsLoadingError(err) || redis.IsMaxClientsError(err)
 }
 
 // Classify maps an unreachable Redis to UNAVAILABLE and wraps other errors.

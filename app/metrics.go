@@ -1,0 +1,32 @@
+package app
+
+import (
+	"context"
+
+	"github.com/campaignd/dispatch/messaging"
+	"github.com/campaignd/dispatch/platform/metrics"
+)
+
+// newMetrics builds this replica's metrics. It needs the database and the
+// messaging service, and the worker pool needs it (as its Observer).
+func (a *App) newMetrics() *metrics.Registry {
+	return metrics.New(metrics.Options{
+		DB:      a.db.DB,
+		DBName:  "dispatch",
+		Depths:  queueDepths{a.messaging},
+		Workers: a.cfg.WorkerConcurrency,
+		Log:     a.log.With("component", "metrics"),
+	})
+}
+
+// queueDepths adapts the messaging feature's queue depths to
+// metrics.DepthSource, naming the states as dispatch_queue_depth does.
+type queueDepths struct{ svc *messaging.Service }
+
+func (q queueDepths) Depths(ctx context.Context) (map[string]int64, error) {
+	d, err := q.svc.QueueDepths(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]int64{"ready": d.Ready, "processing": d.Processing, "delayed": d.Delayed, "dead": d.Dead}, nil
+}
