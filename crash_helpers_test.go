@@ -29,6 +29,7 @@ import (
 	_ "github.com/lib/pq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/campaignd/dispatch/platform/logging/logtest"
 	"github.com/campaignd/dispatch/platform/postgres/pgtest"
 )
 
@@ -198,7 +199,7 @@ func (e *crashEnv) env() []string {
 type dispatchProc struct {
 	name  string
 	cmd   *exec.Cmd
-	out   *lockedBuffer
+	out   *logtest.Buffer
 	base  string
 	done  chan struct{} // closed when the process has exited and its output is drained
 	state *os.ProcessState
@@ -271,7 +272,7 @@ func (e *crashEnv) startOnce(name string) (*dispatchProc, error) {
 	cmd := exec.Command(dispatchBin)
 	cmd.Env = e.env()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	out := &lockedBuffer{}
+	out := &logtest.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.WaitDelay = 5 * time.Second
 	p := &dispatchProc{name: name, cmd: cmd, out: out, done: make(chan struct{}),
@@ -598,23 +599,6 @@ func (e *crashEnv) event(format string, args ...any) {
 	e.t.Logf("%s %s", time.Now().UTC().Format(stampFormat), fmt.Sprintf(format, args...))
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func tail(s string, n int) string {
 	if len(s) <= n {
 		return s
@@ -693,7 +677,7 @@ func startPrivateRedis(t *testing.T) (string, *redis.Client) {
 		cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
 			"--save", "", "--appendonly", "no", "--daemonize", "no")
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		out := &lockedBuffer{}
+		out := &logtest.Buffer{}
 		cmd.Stdout, cmd.Stderr = out, out
 		cmd.WaitDelay = 5 * time.Second
 		if err := cmd.Start(); err != nil {

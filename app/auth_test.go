@@ -1,35 +1,17 @@
 package app
 
 import (
-	"bytes"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/labstack/echo/v4"
+
+	"github.com/campaignd/dispatch/platform/logging/logtest"
 )
-
-// lockedBuffer collects an app's log lines from many goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 type createdKey struct {
 	ID     int64  `json:"id"`
@@ -72,7 +54,7 @@ func concretePath(route string) string {
 // returned after creation.
 func TestAuthOnEveryRoute(t *testing.T) {
 	t.Parallel()
-	logs := &lockedBuffer{}
+	logs := &logtest.Buffer{}
 	ta := startAppWithLog(t, testConfig(t), slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 
 	read := ta.createKey(t, "dashboard", "read")

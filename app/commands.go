@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jmoiron/sqlx"
+
 	"github.com/campaignd/dispatch/db/migrations"
 	"github.com/campaignd/dispatch/db/seed"
 	"github.com/campaignd/dispatch/platform/postgres"
@@ -58,14 +60,11 @@ func Main(ctx context.Context, cfg Config, log *slog.Logger, args []string, out 
 		}
 		return migrate(ctx, cfg, log, sub, out)
 	case "seed":
-		db, err := openPostgres(ctx, cfg, log, postgres.Options{MaxOpenConns: 2, CreateDatabase: cfg.Database.CreateIfMissing})
+		db, err := openMigrated(ctx, cfg, log)
 		if err != nil {
 			return err
 		}
 		defer db.Close()
-		if _, err := migrations.Up(ctx, db.DB); err != nil {
-			return err
-		}
 		if _, err := seed.Apply(ctx, db); err != nil {
 			return err
 		}
@@ -80,6 +79,20 @@ func Main(ctx context.Context, cfg Config, log *slog.Logger, args []string, out 
 		return nil
 	}
 	return fmt.Errorf("unknown command %q\n%s", strings.Join(args, " "), Usage)
+}
+
+// openMigrated opens a small pool for a one-off command and applies pending
+// migrations first, as serve would.
+func openMigrated(ctx context.Context, cfg Config, log *slog.Logger) (*sqlx.DB, error) {
+	db, err := openPostgres(ctx, cfg, log, postgres.Options{MaxOpenConns: 2, CreateDatabase: cfg.Database.CreateIfMissing})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := migrations.Up(ctx, db.DB); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return db, nil
 }
 
 func migrate(ctx context.Context, cfg Config, log *slog.Logger, sub string, out io.Writer) error {

@@ -9,9 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/campaignd/dispatch/db/migrations"
 	"github.com/campaignd/dispatch/platform/auth"
-	"github.com/campaignd/dispatch/platform/postgres"
 )
 
 // apikey runs "dispatch apikey create NAME [SCOPE] | list | revoke ID"
@@ -21,14 +19,11 @@ func apikey(ctx context.Context, cfg Config, log *slog.Logger, args []string, ou
 	if len(args) == 0 {
 		return usage
 	}
-	db, err := openPostgres(ctx, cfg, log, postgres.Options{MaxOpenConns: 2, CreateDatabase: cfg.Database.CreateIfMissing})
+	db, err := openMigrated(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	if _, err := migrations.Up(ctx, db.DB); err != nil {
-		return err
-	}
 	store := auth.NewStore(db)
 	svc := auth.NewService(store, auth.NewAuthenticator(store, time.Second), log)
 

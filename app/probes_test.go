@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/campaignd/dispatch/platform/logging"
+	"github.com/campaignd/dispatch/platform/logging/logtest"
 	"github.com/campaignd/dispatch/platform/postgres"
 )
 
@@ -63,7 +64,7 @@ func TestProbes(t *testing.T) {
 // durations are in milliseconds; a 4xx is logged at info.
 func TestLogLinesCarryRequestID(t *testing.T) {
 	t.Parallel()
-	logs := &lockedBuffer{}
+	logs := &logtest.Buffer{}
 	log := slog.New(logging.NewContextHandler(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	ta := startAppWithLog(t, testConfig(t), log)
 
