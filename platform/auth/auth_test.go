@@ -1,9 +1,13 @@
 package auth
 
 import (
+	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/campaignd/dispatch/platform/errs"
 )
 
 func TestScopeAllows(t *testing.T) {
@@ -80,5 +84,22 @@ func TestBearer(t *testing.T) {
 		if got != tt.want || ok != tt.ok {
 			t.Errorf("bearer(%q) = %q, %v; want %q, %v", tt.header, got, ok, tt.want, tt.ok)
 		}
+	}
+}
+
+// TestCreateNameRule: key names follow the service's one-line text rule,
+// checked before anything is stored.
+func TestCreateNameRule(t *testing.T) {
+	s := &Service{} // no store: every name here is refused before it is needed
+	for _, name := range []string{"", "   ", "a\x00b", "a\xffb", "a\x1b[31mb", "line\nbreak", "evil\u202Etxt.exe", strings.Repeat("é", 101)} {
+		_, err := s.Create(t.Context(), name, ScopeRead)
+		var e *errs.Error
+		if !errors.As(err, &e) || e.Code != errs.CodeValidation || e.Details["field"] != "name" {
+			t.Errorf("Create(%.20q) = %v, want a VALIDATION_ERROR naming name", name, err)
+		}
+	}
+	_, err := s.Create(t.Context(), "ok", Scope(strings.Repeat("r", 1<<20)))
+	if err == nil || len(err.Error()) > 300 {
+		t.Errorf("Create with a huge scope: error of %d bytes, want a short one", len(fmt.Sprint(err)))
 	}
 }

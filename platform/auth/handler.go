@@ -6,12 +6,12 @@ import (
 	"net/http"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/labstack/echo/v4"
 
 	"github.com/campaignd/dispatch/platform/errs"
 	"github.com/campaignd/dispatch/platform/httpx"
+	"github.com/campaignd/dispatch/platform/text"
 )
 
 // Service manages keys: create, list, revoke, and the bootstrap key.
@@ -35,11 +35,11 @@ type Created struct {
 // Create makes a key. The secret is in the result and nowhere else.
 func (s *Service) Create(ctx context.Context, name string, scope Scope) (Created, error) {
 	name = strings.TrimSpace(name)
-	if n := utf8.RuneCountInString(name); n < 1 || n > 100 || !utf8.ValidString(name) || strings.ContainsRune(name, 0) {
-		return Created{}, errs.Validation("name", "name must be 1 to 100 characters of valid text")
+	if err := text.Line("name", name, 1, 100); err != nil {
+		return Created{}, err
 	}
 	if !scope.Valid() {
-		return Created{}, errs.Validation("scope", "scope must be read, write or admin, got %q", scope)
+		return Created{}, errs.Validation("scope", "scope must be read, write or admin, got %s", errs.Quote(string(scope)))
 	}
 	secret := NewSecret()
 	k, err := s.store.Create(ctx, name, scope, secret)

@@ -8,6 +8,7 @@ package errs
 import (
 	"errors"
 	"fmt"
+	"strconv"
 )
 
 // Kind classifies an error for the transport layer.
@@ -127,6 +128,30 @@ func Unavailable(dependency string, cause error) *Error {
 		Details: map[string]any{"dependency": dependency},
 		Err:     cause,
 	}
+}
+
+// MaxEcho is how many characters of a client's value a message or detail
+// repeats: enough to recognise the value, never enough to turn a 2 MB request
+// into a 4 MB error response (or log line).
+const MaxEcho = 64
+
+// Quote returns s as a Go-quoted string for a message, cut to MaxEcho
+// characters with "…" when longer. Every message that repeats a value the
+// client sent uses it (or Clip), so a response never grows with the request.
+func Quote(s string) string { return strconv.Quote(Clip(s)) }
+
+// Clip returns s cut to MaxEcho characters, with "…" when it was longer: for
+// details and for messages that show a value unquoted. Invalid UTF-8 bytes
+// count as one character each.
+func Clip(s string) string {
+	n := 0
+	for i := range s {
+		if n == MaxEcho {
+			return s[:i] + "…"
+		}
+		n++
+	}
+	return s
 }
 
 // KindOf returns the Kind of the first *Error in err's chain, KindInternal if none.

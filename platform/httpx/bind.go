@@ -16,25 +16,24 @@ import (
 	"github.com/campaignd/dispatch/platform/errs"
 )
 
-// BindJSON decodes the request body into dst strictly: the content type must
-// be JSON, unknown fields and trailing data are rejected, and every decoding
-// problem becomes an INVALID_JSON error that names the offending field.
+// BindJSON decodes the request body into dst strictly (see DecodeJSON): the
+// content type must be JSON; unknown, repeated and wrongly-cased keys and
+// trailing data are rejected; and every decoding problem becomes an
+// INVALID_JSON error that names the offending field.
 func BindJSON(c echo.Context, dst any) error {
 	if err := RequireContentType(c, "application/json"); err != nil {
 		return err
 	}
-	dec := json.NewDecoder(c.Request().Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(dst); err != nil {
+	r := c.Request()
+	buf := bytes.NewBuffer(make([]byte, 0, min(max(r.ContentLength, 0), 1<<20)+bytes.MinRead))
+	if _, err := buf.ReadFrom(r.Body); err != nil {
+		var he *echo.HTTPError
+		if errors.As(err, &he) {
+			return err // Echo's body limit: the error handler makes it a 413
+		}
 		return decodeError(err)
 	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		if tooLarge(err) {
-			return decodeError(err)
-		}
-		return errs.InvalidJSON("request body must hold a single JSON value")
-	}
-	return nil
+	return DecodeJSON(buf.Bytes(), dst)
 }
 
 // RequireContentType rejects a request whose Content-Type is not one of want.
@@ -52,7 +51,7 @@ func RequireContentType(c echo.Context, want ...string) error {
 		ct = "none"
 	}
 	return errs.New(errs.KindUnsupportedMedia, errs.CodeUnsupportedMedia,
-		fmt.Sprintf("content type %s is not supported here; send %s", ct, strings.Join(want, " or ")))
+		fmt.Sprintf("content type %s is not supported here; send %s", errs.Clip(ct), strings.Join(want, " or ")))
 }
 
 func decodeError(err error) error {
@@ -68,21 +67,28 @@ func decodeError(err error) error {
 	case errors.As(err, &syn):
 		return errs.InvalidJSON("malformed JSON at byte %d", syn.Offset)
 	case errors.As(err, &typ):
+		// Value is the JSON's kind, followed for numbers by the literal
+		// itself, which may be a megabyte of digits.
 		if typ.Field == "" {
-			return errs.InvalidJSON("request body must be a JSON %s, not %s", jsonKind(typ.Type.Kind().String()), typ.Value)
+			return errs.InvalidJSON("request body must be %s, not %s", jsonKind(typ.Type.Kind().String()), errs.Clip(typ.Value))
 		}
-		return errs.InvalidJSON("field %q must be %s, not %s", typ.Field, jsonKind(typ.Type.Kind().String()), typ.Value).
-			WithDetail("field", typ.Field)
+		return errs.InvalidJSON("field %s must be %s, not %s", errs.Quote(typ.Field), jsonKind(typ.Type.Kind().String()), errs.Clip(typ.Value)).
+			WithDetail("field", errs.Clip(typ.Field))
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
 		field := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-		return errs.InvalidJSON("unknown field %q", field).WithDetail("field", field)
+		return errs.InvalidJSON("unknown field %s", errs.Quote(field)).WithDetail("field", errs.Clip(field))
 	}
-	return errs.InvalidJSON("invalid JSON: %v", err)
+	return errs.InvalidJSON("invalid JSON: %s", errs.Clip(err.Error()))
 }
 
+// tooLarge reports whether err is a body limit's: net/http's MaxBytesReader,
+// or Echo's BodyLimit middleware, whose reader returns
+// echo.ErrStatusRequestEntityTooLarge (an *echo.HTTPError) from Read when a
+// body without a Content-Length to refuse up front (chunked) runs over.
 func tooLarge(err error) bool {
 	var mbe *http.MaxBytesError
-	return errors.As(err, &mbe)
+	var he *echo.HTTPError
+	return errors.As(err, &mbe) || errors.As(err, &he) && he.Code == http.StatusRequestEntityTooLarge
 }
 
 func jsonKind(goKind string) string {
@@ -108,7 +114,7 @@ func PathID(c echo.Context, name string) (int64, error) {
 	raw := c.Param(name)
 	id, err := strconv.ParseInt(raw, 10, 64)
 	if err != nil || id <= 0 || strings.TrimLeft(raw, "0123456789") != "" {
-		return 0, errs.Validation(name, "%s must be a positive integer, got %q", name, raw)
+		return 0, errs.Validation(name, "%s must be a positive integer, got %s", name, errs.Quote(raw))
 	}
 	return id, nil
 }

@@ -66,14 +66,11 @@ func ErrorHandler(log *slog.Logger) echo.HTTPErrorHandler {
 		}
 		if status >= 500 {
 			log.ErrorContext(c.Request().Context(), "request failed", "method", c.Request().Method,
-				"path", c.Request().URL.Path, "status", status, "err", err)
+				"path", errs.Clip(c.Request().URL.Path), "status", status, "err", err)
 		}
-		if c.Request().Method == http.MethodHead {
-			err = c.NoContent(status)
-		} else {
-			err = c.JSON(status, Envelope{Error: body})
-		}
-		if err != nil {
+		// For HEAD too: net/http drops the body, and the headers (type,
+		// length) are those GET would have.
+		if err := c.JSON(status, Envelope{Error: body}); err != nil {
 			log.WarnContext(c.Request().Context(), "write error response", "err", err)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/campaignd/dispatch/platform/errs"
 	"github.com/campaignd/dispatch/platform/logging"
 )
 
@@ -48,7 +49,7 @@ func Logger(log *slog.Logger) echo.MiddlewareFunc {
 			}
 			attrs := append([]slog.Attr{
 				slog.String("method", req.Method),
-				slog.String("path", req.URL.Path),
+				slog.String("path", errs.Clip(req.URL.Path)), // a client chooses it: keep lines short
 				slog.Int("status", status),
 				slog.Int64("bytes_out", c.Response().Size),
 				slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000),

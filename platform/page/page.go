@@ -65,7 +65,8 @@ type cursor struct {
 	Filters string `json:"f"`
 }
 
-// Parse reads page, page_size and cursor from q. filters are the (already
+// Parse reads page, page_size and cursor from q (from httpx.Query, which
+// has rejected a malformed query string). filters are the (already
 // validated) filter values of the request, in a fixed order; a cursor issued
 // for other filters is rejected rather than silently mixing two lists.
 func Parse(q url.Values, filters ...string) (Request, error) {
@@ -73,14 +74,14 @@ func Parse(q url.Values, filters ...string) (Request, error) {
 	if v := q.Get("page_size"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > MaxSize {
-			return r, errs.Validation("page_size", "page_size must be an integer from 1 to %d, got %q", MaxSize, v)
+			return r, errs.Validation("page_size", "page_size must be an integer from 1 to %d, got %s", MaxSize, errs.Quote(v))
 		}
 		r.Size = n
 	}
 	if v := q.Get("page"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > MaxPage {
-			return r, errs.Validation("page", "page must be an integer from 1 to %d, got %q", MaxPage, v)
+			return r, errs.Validation("page", "page must be an integer from 1 to %d, got %s", MaxPage, errs.Quote(v))
 		}
 		r.Page = n
 	}

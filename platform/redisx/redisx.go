@@ -14,14 +14,30 @@ import (
 	"github.com/campaignd/dispatch/platform/errs"
 )
 
+// Options tune a client. Zero fields keep go-redis's defaults.
+type Options struct {
+	// PoolSize caps the client's connections, its pipelines' included
+	// (go-redis's default: ten per CPU, and up to ten more for pipelines).
+	PoolSize int
+}
+
 // Open parses url, connects and pings. A server that cannot be reached
 // yields the client's error as it is, with no url in it (a url may hold a
 // password): the caller says which server, with Addr, and can test the error
 // with IsUnavailable to decide to wait.
 func Open(ctx context.Context, url string) (*redis.Client, error) {
+	return OpenWith(ctx, url, Options{})
+}
+
+// OpenWith is Open with options.
+func OpenWith(ctx context.Context, url string, o Options) (*redis.Client, error) {
 	opt, err := redis.ParseURL(url)
 	if err != nil {
 		return nil, fmt.Errorf("parse redis url: %w", err)
+	}
+	if o.PoolSize > 0 {
+		opt.PoolSize = o.PoolSize
+		opt.PipelinePoolSize = -1 // pipelines share the pool
 	}
 	// Blocking pops use their own short timeouts; keep the socket reads
 	// above them so a pop is never cut off by the client.
