@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
@@ -113,7 +112,10 @@ func (s *Service) createByIDs(ctx context.Context, tx *sqlx.Tx, campaignID int64
 	}
 	if out.Known < len(ids) {
 		// Unknown ids were left out by the join; the caller rolls back.
-		return Created{}, unknownCustomers(ctx, tx, ids)
+		if err := checkCustomers(ctx, tx, ids); err != nil {
+			return Created{}, err
+		}
+		return Created{}, fmt.Errorf("customers vanished during the send; retry")
 	}
 	c := Created{Messages: int64(len(out.IDs)), SkippedOptedOut: out.Skipped, MessageIDs: out.IDs}
 	if c.Messages > 0 {
@@ -145,7 +147,8 @@ func (f *filter) Scan(src any) error {
 
 // When an id send names unknown customers, they are listed by reading the
 // customers table (owned by the customer feature) in the send's own
-// transaction: one set query, run only on that failure path.
+// transaction: one set query, run only on that failure path. A campaign's
+// create and edit run the same check on the customer_ids they store.
 const missingCustomersSQL = `
 SELECT u.id
 FROM unnest($1::bigint[]) AS u(id)
@@ -155,12 +158,12 @@ LIMIT 100`
 
 // countMissing counts every unknown id when the first page was full, so the
 // message can say "1,234 ids do not exist" rather than "at least 100".
-func countMissing(ctx context.Context, tx *sqlx.Tx, ids []int64, seen int) int {
+func countMissing(ctx context.Context, q sqlx.QueryerContext, ids []int64, seen int) int {
 	if seen < 100 {
 		return seen
 	}
 	var n int
-	err := tx.GetContext(ctx, &n, `
+	err := sqlx.GetContext(ctx, q, &n, `
 SELECT count(*) FROM unnest($1::bigint[]) AS u(id)
 WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.id = u.id)`, pq.Array(ids))
 	if err != nil {
@@ -169,28 +172,88 @@ WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.id = u.id)`, pq.Array(ids))
 	return n
 }
 
-// unknownCustomers builds the UNKNOWN_CUSTOMERS error for ids.
-func unknownCustomers(ctx context.Context, tx *sqlx.Tx, ids []int64) error {
+// checkCustomers returns ErrUnknownCustomers, with details.missing_ids
+// listing the first 100 of ids that name no customer, or nil when they all
+// exist. q is the send's transaction, or the pool.
+func checkCustomers(ctx context.Context, q sqlx.QueryerContext, ids []int64) error {
 	var missing []int64
-	if err := tx.SelectContext(ctx, &missing, missingCustomersSQL, pq.Array(ids)); err != nil {
+	if err := sqlx.SelectContext(ctx, q, &missing, missingCustomersSQL, pq.Array(ids)); err != nil {
 		return postgres.Classify(err, "check customers")
 	}
 	if len(missing) == 0 {
-		return fmt.Errorf("customers vanished during the send; retry")
+		return nil
 	}
 	return ErrUnknownCustomers.
-		Withf("%d of the customer ids do not exist (first: %d); nothing was sent", countMissing(ctx, tx, ids, len(missing)), missing[0]).
+		Withf("%d of the customer ids do not exist (first: %d)", countMissing(ctx, q, ids, len(missing)), missing[0]).
 		WithDetail("missing_ids", missing)
 }
 
-// CancelPending marks the campaign's pending messages cancelled and stops
-// materialising its audience, inside tx (the campaign's cancel). Messages
-// being delivered right now finish.
+// CheckCustomers is the send's check of customer ids, for a campaign that
+// stores them to be sent later (its create and edit): ErrUnknownCustomers
+// listing the first 100 ids that name no customer, or nil.
+func (s *Service) CheckCustomers(ctx context.Context, ids []int64) error {
+	return checkCustomers(ctx, s.repo.db, ids)
+}
+
+// lockMaterializingSQL locks the campaign's audience sends still being
+// materialised; locking waits for a chunk being written to commit, and then
+// reads its new cursor.
+const lockMaterializingSQL = `
+SELECT id, channel, cursor, max_customer_id,
+       coalesce(filter->>'location', '')          AS location,
+       coalesce(filter->>'preferred_product', '') AS preferred_product
+FROM dispatch_batches
+WHERE campaign_id = $1 AND filter IS NOT NULL
+FOR UPDATE`
+
+// countUnmaterializedSQL counts the recipients an audience send has not
+// created messages for yet: the customers in (cursor, max_customer_id] who
+// match the filter and have not opted out, whom the materialiser would
+// have given messages. It has the shape of countByFilterSQL, the send's own
+// count, and costs at most what that did.
+const countUnmaterializedSQL = `
+SELECT count(*) - count(o.customer_id)
+FROM customers c
+LEFT JOIN customer_opt_outs o ON o.customer_id = c.id AND o.channel = $5
+WHERE c.id > $1 AND c.id <= $2
+  AND ($3 = '' OR lower(c.location) = lower($3))
+  AND ($4 = '' OR lower(c.preferred_product) = lower($4))`
+
+// CancelPending cancels the campaign's messages that are not being
+// delivered, inside tx (the campaign's cancel), and returns how many: its
+// pending messages, and the recipients of an audience still being
+// materialised whose messages were never created. Materialising stops; the
+// latter are recorded on the dispatch batch (cancelled_unmaterialised),
+// which the campaign's stats count as cancelled, so the send's
+// messages_queued, the cancel's count and the stats add up. Their messages
+// are not created: that would make a cancel as slow as the materialisation
+// it stops. Messages being delivered right now finish.
 func (s *Service) CancelPending(ctx context.Context, tx *sqlx.Tx, campaignID int64) (int64, error) {
-	if _, err := tx.ExecContext(ctx, `
-UPDATE dispatch_batches SET filter = NULL, pushed_at = coalesce(pushed_at, now())
-WHERE campaign_id = $1 AND filter IS NOT NULL`, campaignID); err != nil {
-		return 0, postgres.Classify(err, "stop materialising")
+	var batches []struct {
+		ID               int64  `db:"id"`
+		Channel          string `db:"channel"`
+		Cursor           int64  `db:"cursor"`
+		MaxCustomerID    int64  `db:"max_customer_id"`
+		Location         string `db:"location"`
+		PreferredProduct string `db:"preferred_product"`
+	}
+	if err := tx.SelectContext(ctx, &batches, lockMaterializingSQL, campaignID); err != nil {
+		return 0, postgres.Classify(err, "lock materialising sends")
+	}
+	var total int64
+	for _, b := range batches {
+		var n int64
+		if err := tx.GetContext(ctx, &n, countUnmaterializedSQL, b.Cursor, b.MaxCustomerID,
+			b.Location, b.PreferredProduct, b.Channel); err != nil {
+			return 0, postgres.Classify(err, "count unmaterialised recipients")
+		}
+		if _, err := tx.ExecContext(ctx, `
+UPDATE dispatch_batches
+SET filter = NULL, cancelled_unmaterialised = cancelled_unmaterialised + $2
+WHERE id = $1`, b.ID, n); err != nil {
+			return 0, postgres.Classify(err, "stop materialising")
+		}
+		total += n
 	}
 	res, err := tx.ExecContext(ctx, `
 UPDATE outbound_messages SET status = 'cancelled', last_error = 'campaign cancelled', updated_at = now()
@@ -198,7 +261,8 @@ WHERE campaign_id = $1 AND status = 'pending'`, campaignID)
 	if err != nil {
 		return 0, postgres.Classify(err, "cancel pending messages")
 	}
-	return res.RowsAffected()
+	pending, err := res.RowsAffected()
+	return total + pending, postgres.Classify(err, "cancel pending messages")
 }
 
 // ResetFailed gives the campaign's failed messages fresh attempts, inside
@@ -208,7 +272,7 @@ func (s *Service) ResetFailed(ctx context.Context, tx *sqlx.Tx, campaignID int64
 	var ids []int64
 	err := tx.SelectContext(ctx, &ids, `
 UPDATE outbound_messages
-SET status = 'pending', retry_count = 0, next_attempt_at = NULL, updated_at = now()
+SET status = 'pending', retry_count = 0, next_attempt_at = NULL, queued_at = NULL, updated_at = now()
 WHERE campaign_id = $1 AND status = 'failed'
 RETURNING id`, campaignID)
 	if err != nil || len(ids) == 0 {
@@ -227,50 +291,16 @@ func (s *Service) MarkForPush(ctx context.Context, tx *sqlx.Tx, campaignID int64
 }
 
 // Enqueue runs after the caller's commit: it removes forgetDead from the
-// dead-letter list, pushes messageIDs (or, when nil, every active message of
-// the campaign, paging by id so memory stays bounded) and marks the batch
-// pushed. A batch still to be materialised is left to the materialiser,
-// which is woken. On failure the batch stays unpushed and the sweeper pushes
-// it later; the error is for the caller's log.
+// dead-letter list and wakes the feeder, which queues the campaign's pending
+// messages in turn with every other sending campaign (and the materialiser,
+// for an audience still to be turned into messages). Nothing is pushed here:
+// a resume or retry-failed repeated a thousand times queues nothing twice.
+// batchID and messageIDs are not needed: the feeder finds the messages by
+// their state.
+// On failure nothing is lost (the messages are pending and the feeder finds
+// them); the error is for the caller's log.
 func (s *Service) Enqueue(ctx context.Context, campaignID, batchID int64, messageIDs, forgetDead []int64) error {
-	if err := s.queue.ForgetDead(ctx, forgetDead); err != nil {
-		return err
-	}
-	switch {
-	case messageIDs != nil:
-		if err := s.queue.Push(ctx, messageIDs); err != nil {
-			return err
-		}
-	case batchID != 0:
-		var materializing bool
-		if err := s.repo.db.GetContext(ctx, &materializing,
-			`SELECT filter IS NOT NULL FROM dispatch_batches WHERE id = $1`, batchID); err != nil {
-			return postgres.Classify(err, "read dispatch batch")
-		}
-		if materializing {
-			s.wakeMaterializer()
-			return nil
-		}
-		fallthrough
-	default:
-		if _, err := s.requeueActive(ctx, campaignID); err != nil {
-			return err
-		}
-	}
-	if batchID == 0 {
-		return nil
-	}
-	return s.repo.MarkPushed(ctx, batchID)
-}
-
-// unpushedBatches returns batches created before cutoff whose messages
-// never reached the queue. Batches still materialising are the
-// materialiser's to push.
-func (s *Service) unpushedBatches(ctx context.Context, cutoff time.Time) ([]Batch, error) {
-	var out []Batch
-	err := s.repo.db.SelectContext(ctx, &out, `
-SELECT id, campaign_id FROM dispatch_batches
-WHERE pushed_at IS NULL AND filter IS NULL AND created_at < $1
-ORDER BY id LIMIT 100`, cutoff)
-	return out, postgres.Classify(err, "list unpushed batches")
+	s.wakeMaterializer()
+	s.WakeFeeder()
+	return s.queue.ForgetDead(ctx, forgetDead)
 }

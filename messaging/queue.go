@@ -78,6 +78,12 @@ func (q *RedisQueue) Push(ctx context.Context, ids []int64) error {
 	return redisx.Classify(err, "push jobs")
 }
 
+// ReadyLen is the ready list's length.
+func (q *RedisQueue) ReadyLen(ctx context.Context) (int64, error) {
+	n, err := q.rdb.LLen(ctx, q.keys.ready).Result()
+	return n, redisx.Classify(err, "ready list length")
+}
+
 // moveBatch moves up to ARGV[1] ids from the ready list into a processing
 // list in one atomic step, oldest first.
 var moveBatch = redis.NewScript(`

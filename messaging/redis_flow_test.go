@@ -40,7 +40,6 @@ func newFlowEnv(t *testing.T, newSender func(*sqlx.DB) Sender, policy RetryPolic
 		ReapInterval:    100 * time.Millisecond,
 		ConsumerTTL:     5 * time.Second,
 		SweepInterval:   200 * time.Millisecond,
-		UnpushedAfter:   time.Second,
 		StaleAfter:      10 * time.Minute,
 	}, quiet)
 	pool := NewPool(PoolOptions{

@@ -55,12 +55,6 @@ type Batch struct {
 	CampaignID int64 `db:"campaign_id"`
 }
 
-// MarkPushed records that a batch's ids are in the queue.
-func (r *Repo) MarkPushed(ctx context.Context, batchID int64) error {
-	_, err := r.db.ExecContext(ctx, `UPDATE dispatch_batches SET pushed_at = now() WHERE id = $1 AND pushed_at IS NULL`, batchID)
-	return postgres.Classify(err, "mark batch pushed")
-}
-
 // The claim takes pending messages that are due, and messages left in
 // sending for longer than the lease (their worker died mid-delivery), of
 // campaigns that are sending, and loads everything delivery needs in the
@@ -133,18 +127,27 @@ type claimRow struct {
 	Status Status `db:"status"`
 }
 
-// A job of a campaign that is not sending (paused) is dropped: resuming
-// queues the campaign's pending messages again.
+// A job of a campaign that is not sending (paused) is dropped, and its
+// message marked unqueued in the same statement, so the feeder queues it
+// again once the campaign resumes.
 const unclaimedSQL = `
-SELECT u.id,
+WITH info AS (
+    SELECT u.id, m.status, m.next_attempt_at, m.updated_at, k.status AS campaign_status
+    FROM unnest($1::bigint[]) AS u(id)
+    LEFT JOIN outbound_messages m ON m.id = u.id
+    LEFT JOIN campaigns k ON k.id = m.campaign_id
+), dropped AS (
+    UPDATE outbound_messages m SET queued_at = NULL
+    FROM info i
+    WHERE m.id = i.id AND i.campaign_status IS DISTINCT FROM 'sending' AND m.status = 'pending'
+)
+SELECT id,
        CASE
-         WHEN k.status IS DISTINCT FROM 'sending' THEN NULL
-         WHEN m.status = 'pending' THEN coalesce(m.next_attempt_at, now())
-         WHEN m.status = 'sending' THEN m.updated_at + $2::interval
+         WHEN campaign_status IS DISTINCT FROM 'sending' THEN NULL
+         WHEN status = 'pending' THEN coalesce(next_attempt_at, now())
+         WHEN status = 'sending' THEN updated_at + $2::interval
        END AS retry_at
-FROM unnest($1::bigint[]) AS u(id)
-LEFT JOIN outbound_messages m ON m.id = u.id
-LEFT JOIN campaigns k ON k.id = m.campaign_id`
+FROM info`
 
 // Claim moves the given messages to sending and returns them as jobs, plus
 // what to do with the ids it could not claim, among them the ones it
@@ -290,38 +293,52 @@ FROM outbound_messages WHERE id = $1`, id)
 	return m, postgres.Classify(err, "get message")
 }
 
-// ActiveIDs pages through the ids of messages that should be moving
-// (pending or sending), in id order after afterID. campaignID 0 means all
-// campaigns. Used to rebuild the queue from the database.
-func (r *Repo) ActiveIDs(ctx context.Context, campaignID, afterID int64, limit int) ([]int64, error) {
+// SendingIDs pages through the ids of messages being delivered, in id
+// order after afterID.
+func (r *Repo) SendingIDs(ctx context.Context, afterID int64, limit int) ([]int64, error) {
 	var ids []int64
 	err := r.db.SelectContext(ctx, &ids, `
 SELECT id FROM outbound_messages
-WHERE status IN ('pending', 'sending') AND id > $1 AND ($2 = 0 OR campaign_id = $2)
+WHERE status = 'sending' AND id > $1
 ORDER BY id
-LIMIT $3`, afterID, campaignID, limit)
-	return ids, postgres.Classify(err, "list active messages")
+LIMIT $2`, afterID, limit)
+	return ids, postgres.Classify(err, "list messages being delivered")
 }
 
-// TouchStale marks up to limit messages that should be moving but have not
-// changed since cutoff as touched now (a sending one, long past any lease,
-// goes back to pending) and returns their ids: the last-resort sweep
-// re-queues them, and the touch keeps the next sweep from re-queueing them
-// again at once.
-func (r *Repo) TouchStale(ctx context.Context, cutoff time.Time, limit int) ([]int64, error) {
-	var ids []int64
-	err := r.db.SelectContext(ctx, &ids, `
-UPDATE outbound_messages SET updated_at = now(), status = 'pending'
+// UnqueuePending marks every pending message unqueued, after Redis lost the
+// queue: the feeder queues them again. The scan uses the partial index on
+// active messages.
+func (r *Repo) UnqueuePending(ctx context.Context) (int64, error) {
+	res, err := r.db.ExecContext(ctx, `
+UPDATE outbound_messages SET queued_at = NULL
+WHERE status = 'pending' AND queued_at IS NOT NULL`)
+	if err != nil {
+		return 0, postgres.Classify(err, "unqueue pending messages")
+	}
+	return res.RowsAffected()
+}
+
+// UnqueueStale marks up to limit messages that were queued before cutoff,
+// or are being delivered, and have not changed since cutoff as unqueued and touched now
+// (a sending one, long past any lease, goes back to pending), so the feeder
+// queues them again; the touch keeps the next sweep from taking them again
+// at once. Pending messages never queued are not stale: they wait their turn.
+func (r *Repo) UnqueueStale(ctx context.Context, cutoff time.Time, limit int) (int64, error) {
+	res, err := r.db.ExecContext(ctx, `
+UPDATE outbound_messages SET updated_at = now(), status = 'pending', queued_at = NULL
 WHERE id IN (
     SELECT id FROM outbound_messages
     WHERE status IN ('pending', 'sending') AND updated_at < $1
+      AND (status = 'sending' OR queued_at < $1)
       AND (next_attempt_at IS NULL OR next_attempt_at < $1)
     ORDER BY updated_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED)
-  AND status IN ('pending', 'sending')
-RETURNING id`, cutoff, limit)
-	return ids, postgres.Classify(err, "touch stale messages")
+  AND status IN ('pending', 'sending')`, cutoff, limit)
+	if err != nil {
+		return 0, postgres.Classify(err, "unqueue stale messages")
+	}
+	return res.RowsAffected()
 }
 
 func pgInterval(d time.Duration) string {

@@ -3,6 +3,8 @@ package messaging
 import (
 	"math/rand/v2"
 	"time"
+
+	"github.com/campaignd/dispatch/platform/loop"
 )
 
 // RetryPolicy decides what happens after a failed delivery attempt.
@@ -34,15 +36,9 @@ func (p RetryPolicy) Decide(failedAttempts int, permanent bool, jitter float64) 
 	}
 	ceiling := p.Max
 	if ceiling <= 0 {
-		ceiling = 24 * time.Hour // keeps the doubling from overflowing
+		ceiling = 24 * time.Hour
 	}
-	step := p.Base
-	for i := 1; i < failedAttempts && step < ceiling; i++ {
-		step *= 2
-	}
-	step = min(step, ceiling)
-	half := step / 2
-	return Decision{Retry: true, After: half + time.Duration(jitter*float64(step-half))}
+	return Decision{Retry: true, After: loop.Backoff(failedAttempts, p.Base, ceiling, jitter)}
 }
 
 // randomJitter is the production jitter source.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/jmoiron/sqlx"
 
+	"github.com/campaignd/dispatch/platform/errs"
 	"github.com/campaignd/dispatch/platform/postgres"
 )
 
@@ -25,8 +26,10 @@ type Outgoing struct {
 
 // Sender delivers messages. Send returns nil once the provider accepted the
 // message (including when it had already accepted the same key), an error
-// wrapped with Permanent when retrying cannot help, and any other error for
-// a failure worth retrying. Send must honour ctx's deadline.
+// wrapped with Permanent when retrying cannot help, an error for which
+// IsInfrastructure holds when this service's own PostgreSQL or Redis failed
+// (not counted as an attempt), and any other error for a failure worth
+// retrying. Send must honour ctx's deadline.
 type Sender interface {
 	Send(ctx context.Context, m Outgoing) error
 }
@@ -44,6 +47,17 @@ func Permanent(err error) error { return permanentError{err} }
 func IsPermanent(err error) bool {
 	var p permanentError
 	return errors.As(err, &p)
+}
+
+// IsInfrastructure reports whether err says this service's own PostgreSQL
+// or Redis is unreachable or out of capacity (connection refused, too many
+// connections, shutting down), as postgres.Classify and redisx.Classify
+// mark it (an UNAVAILABLE errs.Error anywhere in the chain), rather than
+// that the provider failed. Such a failure is no delivery attempt: the pool
+// puts the message back without counting it. A Sender passes these errors
+// on wrapped with %w, and never reports a provider's own outage this way.
+func IsInfrastructure(err error) bool {
+	return err != nil && errs.KindOf(err) == errs.KindUnavailable
 }
 
 // ErrSimulatedNetwork is the mock sender's transient failure.

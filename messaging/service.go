@@ -2,8 +2,13 @@ package messaging
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/campaignd/dispatch/platform/loop"
 )
 
 // Service is the messaging feature's face to the rest of the service: it
@@ -16,6 +21,10 @@ type Service struct {
 	opts  MaintenanceOptions
 	now   func() time.Time
 	wake  chan struct{} // wakes the materialiser
+	feed  chan struct{} // wakes the feeder
+	// materialized is the batch the materialiser worked last: batches
+	// take turns after it.
+	materialized atomic.Int64
 }
 
 // MaintenanceOptions pace the background loops.
@@ -24,8 +33,13 @@ type MaintenanceOptions struct {
 	ReapInterval    time.Duration // how often dead consumers' jobs are returned
 	ConsumerTTL     time.Duration // a consumer silent this long is presumed dead
 	SweepInterval   time.Duration // how often the sweeper looks for lost work
-	UnpushedAfter   time.Duration // a send whose ids are not in Redis after this is re-pushed
 	StaleAfter      time.Duration // last resort: an active message untouched this long is re-queued
+	// FeedFloor is the shortest ready list the feeder aims for whatever the
+	// measured drain rate: about two rounds of this replica's pool
+	// (2 × worker concurrency + batch), so a pool is never starved while
+	// the rate estimate ramps up. At 8 deliveries/s per worker that is a
+	// quarter of a second of work, at any concurrency.
+	FeedFloor int
 }
 
 func (o *MaintenanceOptions) defaults() {
@@ -41,9 +55,6 @@ func (o *MaintenanceOptions) defaults() {
 	if o.SweepInterval <= 0 {
 		o.SweepInterval = 5 * time.Second
 	}
-	if o.UnpushedAfter <= 0 {
-		o.UnpushedAfter = 10 * time.Second
-	}
 	if o.StaleAfter <= 0 {
 		o.StaleAfter = 10 * time.Minute
 	}
@@ -52,7 +63,8 @@ func (o *MaintenanceOptions) defaults() {
 // NewService wires the messaging feature.
 func NewService(repo *Repo, queue *RedisQueue, opts MaintenanceOptions, log *slog.Logger) *Service {
 	opts.defaults()
-	return &Service{repo: repo, queue: queue, opts: opts, log: log, now: time.Now, wake: make(chan struct{}, 1)}
+	return &Service{repo: repo, queue: queue, opts: opts, log: log, now: time.Now,
+		wake: make(chan struct{}, 1), feed: make(chan struct{}, 1)}
 }
 
 // Repo returns the service's repository (the pool shares it).
@@ -61,119 +73,93 @@ func (s *Service) Repo() *Repo { return s.repo }
 // QueueDepths reports the queue's sizes for /health.
 func (s *Service) QueueDepths(ctx context.Context) (Depths, error) { return s.queue.Depths(ctx) }
 
-// RunMaintenance runs the promoter, the reaper and the sweeper until ctx
-// ends. Every replica runs them: each step is atomic in Redis or guarded in
-// PostgreSQL, so running them concurrently is safe. It returns when ctx ends.
+// RunMaintenance runs the promoter, the reaper and the sweeper, each in its
+// own loop (loop.Every: at once, then every interval, backing off while
+// Redis or PostgreSQL is down), until ctx ends. Every replica runs them:
+// each step is atomic in Redis or guarded in PostgreSQL, so running them
+// concurrently is safe. It returns when ctx ends and all three have
+// returned.
 func (s *Service) RunMaintenance(ctx context.Context) {
-	promote := time.NewTicker(s.opts.PromoteInterval)
-	reap := time.NewTicker(s.opts.ReapInterval)
-	sweep := time.NewTicker(s.opts.SweepInterval)
-	defer promote.Stop()
-	defer reap.Stop()
-	defer sweep.Stop()
-	s.Sweep(ctx) // at start: a restart after a Redis loss should not wait
+	var wg sync.WaitGroup
+	wg.Go(func() { loop.Every(ctx, s.opts.PromoteInterval, "retry promoter", s.log, s.promote) })
+	wg.Go(func() { loop.Every(ctx, s.opts.ReapInterval, "reaper", s.log, s.reap) })
+	// The first sweep runs at once: a restart after a Redis loss should not wait.
+	wg.Go(func() { loop.Every(ctx, s.opts.SweepInterval, "sweeper", s.log, s.Sweep) })
+	wg.Wait()
+}
+
+// promote moves every due retry to the ready list, 1,000 a call.
+func (s *Service) promote(ctx context.Context) error {
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-promote.C:
-			for {
-				n, err := s.queue.PromoteDue(ctx, s.now())
-				if err != nil {
-					if ctx.Err() == nil {
-						s.log.Warn("promoting due retries failed", "err", err)
-					}
-					break
-				}
-				if n < 1000 {
-					break
-				}
-			}
-		case <-reap.C:
-			n, err := s.queue.ReapDead(ctx, s.now().Add(-s.opts.ConsumerTTL))
-			if err != nil && ctx.Err() == nil {
-				s.log.Warn("reaping dead consumers failed", "err", err)
-			}
-			if n > 0 {
-				s.log.Warn("returned jobs of a dead consumer to the queue", "jobs", n)
-			}
-		case <-sweep.C:
-			s.Sweep(ctx)
+		n, err := s.queue.PromoteDue(ctx, s.now())
+		if err != nil || n < 1000 {
+			return err
 		}
 	}
 }
 
-// Sweep finds work that should be moving but is not, and queues it again:
+// reap returns the jobs of consumers whose heartbeat stopped to the queue.
+func (s *Service) reap(ctx context.Context) error {
+	n, err := s.queue.ReapDead(ctx, s.now().Add(-s.opts.ConsumerTTL))
+	if n > 0 {
+		s.log.Warn("returned jobs of a dead consumer to the queue", "jobs", n)
+	}
+	return err
+}
+
+// Sweep finds work that should be moving but is not:
 //   - Redis lost its data (flushed or restarted without persistence): every
-//     pending or sending message is pushed again;
-//   - a send committed but its ids never reached Redis (process died, or
-//     Redis was down at the time): that campaign's active messages are pushed;
-//   - last resort: active messages untouched for StaleAfter.
+//     pending message is marked unqueued, so the feeder queues it again, and
+//     every message being delivered is pushed again (its worker may be gone);
+//   - last resort: a queued or sending message untouched for StaleAfter is
+//     marked unqueued (a sending one goes back to pending) for the feeder.
 //
-// Pushing a message twice is harmless: the claim is a guarded update.
-func (s *Service) Sweep(ctx context.Context) {
+// A send whose ids never reached Redis needs nothing: its messages are
+// pending and unqueued, which is what the feeder looks for. Pushing a
+// message twice is harmless (the claim is a guarded update), but the sweeper
+// never does it while the message is queued.
+//
+// It returns the error that stopped it (Redis or PostgreSQL unreachable);
+// the next sweep starts over, so nothing is lost by stopping half-way.
+func (s *Service) Sweep(ctx context.Context) error {
 	lost, err := s.queue.EnsureEpoch(ctx)
 	if err != nil {
-		if ctx.Err() == nil {
-			s.log.Warn("sweeper cannot reach redis", "err", err)
-		}
-		return
+		return err
 	}
 	if lost {
-		n, err := s.requeueActive(ctx, 0)
+		unqueued, err := s.repo.UnqueuePending(ctx)
 		if err != nil {
-			s.log.Error("rebuilding the queue from postgres failed", "err", err)
-			return
+			return fmt.Errorf("rebuild the queue from postgres: %w", err)
 		}
-		s.log.Info("queue (re)built from postgres: redis held no queue state", "messages", n)
+		n, err := s.requeueSending(ctx)
+		if err != nil {
+			return fmt.Errorf("rebuild the queue from postgres: %w", err)
+		}
+		s.WakeFeeder()
+		s.log.Info("queue (re)built from postgres: redis held no queue state",
+			"pending_to_feed", unqueued, "sending_pushed", n)
 	}
 
-	batches, err := s.unpushedBatches(ctx, s.now().Add(-s.opts.UnpushedAfter))
+	n, err := s.repo.UnqueueStale(ctx, s.now().Add(-s.opts.StaleAfter), 10_000)
 	if err != nil {
-		s.log.Warn("sweeper cannot read unpushed sends", "err", err)
-		return
+		return err
 	}
-	for _, b := range batches {
-		n, err := s.requeueActive(ctx, b.CampaignID)
-		if err != nil {
-			s.log.Warn("re-pushing an unpushed send failed", "campaign_id", b.CampaignID, "err", err)
-			return
-		}
-		if err := s.repo.MarkPushed(ctx, b.ID); err != nil {
-			s.log.Warn("marking send pushed failed", "batch_id", b.ID, "err", err)
-			return
-		}
-		s.log.Warn("pushed messages of a send that never reached the queue", "campaign_id", b.CampaignID, "messages", n)
+	if n > 0 {
+		s.WakeFeeder()
+		s.log.Warn("queued messages had not moved; the feeder queues them again", "messages", n, "stale_after", s.opts.StaleAfter)
 	}
-
-	// The last resort only runs while the queue is short: in a deep backlog
-	// an old pending message is most likely just waiting its turn.
-	d, err := s.queue.Depths(ctx)
-	if err != nil || d.Ready > 10_000 {
-		return
-	}
-	ids, err := s.repo.TouchStale(ctx, s.now().Add(-s.opts.StaleAfter), 10_000)
-	if err != nil {
-		s.log.Warn("sweeper cannot read stale messages", "err", err)
-		return
-	}
-	if len(ids) > 0 {
-		if err := s.queue.Push(ctx, ids); err != nil {
-			s.log.Warn("re-queueing stale messages failed", "err", err)
-			return
-		}
-		s.log.Warn("re-queued messages that had not moved", "messages", len(ids), "stale_after", s.opts.StaleAfter)
-	}
+	return nil
 }
 
-// requeueActive pushes the ids of active messages (of one campaign, or all
-// with campaignID 0), paging by id so memory stays bounded at any size.
-func (s *Service) requeueActive(ctx context.Context, campaignID int64) (int, error) {
+// requeueSending pushes the ids of messages being delivered, paging by id.
+// After Redis lost its data these are in no list; a live worker records
+// them anyway, and a dead one's are claimed again once their lease ends.
+func (s *Service) requeueSending(ctx context.Context) (int, error) {
 	const page = 5000
 	var after int64
 	total := 0
 	for {
-		ids, err := s.repo.ActiveIDs(ctx, campaignID, after, page)
+		ids, err := s.repo.SendingIDs(ctx, after, page)
 		if err != nil {
 			return total, err
 		}

@@ -79,8 +79,35 @@ func sortedIDs(ids ...int64) []int64 {
 	return out
 }
 
+// feedAll runs feeder rounds until one feeds nothing, and returns the
+// ready list (sorted).
+func (se *sweepEnv) feedAll(t *testing.T) []int64 {
+	t.Helper()
+	f := &feeder{s: se.svc}
+	for range 100 {
+		before, _ := se.rdb.LLen(context.Background(), se.queue.keys.ready).Result()
+		if _, _, err := f.round(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		after, _ := se.rdb.LLen(context.Background(), se.queue.keys.ready).Result()
+		if after == before {
+			break
+		}
+	}
+	return se.ready(t)
+}
+
+// queued marks messages as fed (their ids in Redis).
+func (se *sweepEnv) queued(t *testing.T, ids ...int64) {
+	t.Helper()
+	se.exec(t, `UPDATE outbound_messages SET queued_at = now() WHERE id = ANY($1)`, pq.Array(ids))
+}
+
 var fourCustomers = [][2]string{{"A", ""}, {"B", ""}, {"C", ""}, {"D", ""}}
 
+// TestSweepRebuildsLostQueue: when Redis lost the queue, pending messages are
+// marked unqueued (the feeder queues them) and messages being delivered are
+// pushed; a second sweep adds nothing; a flush rebuilds again.
 func TestSweepRebuildsLostQueue(t *testing.T) {
 	t.Parallel()
 	se := newSweepEnv(t, MaintenanceOptions{})
@@ -91,22 +118,26 @@ func TestSweepRebuildsLostQueue(t *testing.T) {
 	se.setStatus(t, ids[2], StatusSent)
 	se.setStatus(t, ids[3], StatusFailed)
 	se.setStatus(t, other[1], StatusSent)
+	se.queued(t, ids[0], ids[1], other[0]) // in Redis before it was lost
 	active := sortedIDs(ids[0], ids[1], other[0])
 
 	if n, _ := se.rdb.Exists(ctx, se.queue.keys.epoch).Result(); n != 0 {
 		t.Fatal("epoch key exists before the first sweep")
 	}
 	se.svc.Sweep(ctx)
-	if diff := cmp.Diff(active, se.ready(t)); diff != "" {
-		t.Errorf("after the first sweep, ready (-pending and sending +got):\n%s", diff)
+	if diff := cmp.Diff([]int64{ids[1]}, se.ready(t)); diff != "" {
+		t.Errorf("after the first sweep, ready (-the message being delivered +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(active, se.feedAll(t)); diff != "" {
+		t.Errorf("after feeding, ready (-pending and sending +got):\n%s", diff)
 	}
 	if n, _ := se.rdb.Exists(ctx, se.queue.keys.epoch).Result(); n != 1 {
 		t.Error("the sweep did not set the epoch key")
 	}
 
 	se.svc.Sweep(ctx)
-	if diff := cmp.Diff(active, se.ready(t)); diff != "" {
-		t.Errorf("the second sweep pushed again (-want +got):\n%s", diff)
+	if diff := cmp.Diff(active, se.feedAll(t)); diff != "" {
+		t.Errorf("the second sweep and feed pushed again (-want +got):\n%s", diff)
 	}
 
 	// Redis is flushed: the next sweep rebuilds the queue again.
@@ -114,17 +145,18 @@ func TestSweepRebuildsLostQueue(t *testing.T) {
 		t.Fatal(err)
 	}
 	se.svc.Sweep(ctx)
-	if diff := cmp.Diff(active, se.ready(t)); diff != "" {
+	if diff := cmp.Diff(active, se.feedAll(t)); diff != "" {
 		t.Errorf("after a flush, ready (-want +got):\n%s", diff)
 	}
 }
 
-func TestSweepRebuildsLargeQueue(t *testing.T) {
+// TestFeederBoundsReadyList: a 12,002-message backlog is fed in rounds that
+// keep the ready list at its target, each message exactly once.
+func TestFeederBoundsReadyList(t *testing.T) {
 	t.Parallel()
 	se := newSweepEnv(t, MaintenanceOptions{})
 	ctx := context.Background()
 	campaignID, _ := fixture(t, se.db, "Hi", [2]string{"A", ""})
-	// More messages than one page of the rebuild (5,000).
 	se.exec(t, `
 WITH c AS (
     INSERT INTO customers (phone) SELECT '+1999' || lpad(g::text, 8, '0') FROM generate_series(1, 12001) AS g RETURNING id)
@@ -133,81 +165,99 @@ INSERT INTO outbound_messages (campaign_id, customer_id) SELECT $1, id FROM c`, 
 	if err := se.db.SelectContext(ctx, &want, `SELECT id FROM outbound_messages ORDER BY id`); err != nil {
 		t.Fatal(err)
 	}
-	se.svc.Sweep(ctx)
-	if diff := cmp.Diff(want, se.ready(t)); diff != "" {
-		t.Errorf("ready after rebuilding 12,002 messages (-want +got):\n%s", diff)
+	f := &feeder{s: se.svc}
+	var fed []int64
+	for rounds := 0; len(fed) < len(want); rounds++ {
+		if rounds > 1000 {
+			t.Fatalf("fed %d of %d after 1,000 rounds", len(fed), len(want))
+		}
+		if _, _, err := f.round(ctx); err != nil {
+			t.Fatal(err)
+		}
+		got := se.ready(t)
+		if int64(len(got)) > f.target() {
+			t.Fatalf("ready holds %d, above the target %d", len(got), f.target())
+		}
+		fed = append(fed, got...)
+		// The workers take everything (the messages stay pending, queued).
+		if err := se.rdb.Del(ctx, se.queue.keys.ready).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	slices.Sort(fed)
+	if diff := cmp.Diff(want, fed); diff != "" {
+		t.Errorf("fed (-every message once +got):\n%s", diff)
 	}
 }
 
-func TestSweepPushesUnpushedSends(t *testing.T) {
+// TestFeederTakesTurns: a 3-message campaign started behind a 5,000-message
+// one is fed in the first round, and only sending campaigns are fed.
+func TestFeederTakesTurns(t *testing.T) {
 	t.Parallel()
-	se := newSweepEnv(t, MaintenanceOptions{UnpushedAfter: time.Minute})
+	se := newSweepEnv(t, MaintenanceOptions{})
 	ctx := context.Background()
-	se.markEpoch(t)
+	big, _ := fixture(t, se.db, "Hi", [2]string{"A", ""})
+	se.exec(t, `
+WITH c AS (
+    INSERT INTO customers (phone) SELECT '+1888' || lpad(g::text, 8, '0') FROM generate_series(1, 4999) AS g RETURNING id)
+INSERT INTO outbound_messages (campaign_id, customer_id) SELECT $1, id FROM c`, big)
+	_, small := fixture(t, se.db, "Hi", [2]string{"B", ""}, [2]string{"C", ""}, [2]string{"D", ""})
+	paused, pausedIDs := fixture(t, se.db, "Hi", [2]string{"E", ""})
+	se.exec(t, `UPDATE campaigns SET status = 'paused' WHERE id = $1`, paused)
 
-	old, oldIDs := fixture(t, se.db, "Hi", [2]string{"A", ""}, [2]string{"B", ""}, [2]string{"C", ""})
-	young, _ := fixture(t, se.db, "Hi", [2]string{"D", ""})
-	done, _ := fixture(t, se.db, "Hi", [2]string{"E", ""})
-	se.setStatus(t, oldIDs[2], StatusSent) // a final message is not pushed again
-
-	var oldBatch, youngBatch, doneBatch int64
-	for _, b := range []struct {
-		dst        *int64
-		campaignID int64
-		createdAt  string
-		pushed     bool
-	}{
-		{&oldBatch, old, "1 hour", false},
-		{&youngBatch, young, "1 second", false},
-		{&doneBatch, done, "1 hour", true},
-	} {
-		if err := se.db.GetContext(ctx, b.dst, `
-INSERT INTO dispatch_batches (campaign_id, messages, created_at, pushed_at)
-VALUES ($1, 1, now() - $2::interval, CASE WHEN $3 THEN now() - $2::interval END) RETURNING id`,
-			b.campaignID, b.createdAt, b.pushed); err != nil {
-			t.Fatal(err)
+	f := &feeder{s: se.svc}
+	if _, _, err := f.round(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := se.ready(t)
+	for _, id := range small {
+		if !slices.Contains(got, id) {
+			t.Errorf("the small campaign's message %d was not fed in the first round (ready holds %d)", id, len(got))
 		}
 	}
-	pushedAt := func(id int64) *time.Time {
-		t.Helper()
-		var at *time.Time
-		if err := se.db.GetContext(ctx, &at, `SELECT pushed_at FROM dispatch_batches WHERE id = $1`, id); err != nil {
-			t.Fatal(err)
-		}
-		return at
+	if slices.Contains(got, pausedIDs[0]) {
+		t.Error("a paused campaign's message was fed")
 	}
-	doneAt := pushedAt(doneBatch)
-
-	se.svc.Sweep(ctx)
-	if diff := cmp.Diff(sortedIDs(oldIDs[0], oldIDs[1]), se.ready(t)); diff != "" {
-		t.Errorf("ready (-the old send's pending ids +got):\n%s", diff)
-	}
-	if pushedAt(oldBatch) == nil {
-		t.Error("the old batch is still unpushed after the sweep")
-	}
-	if pushedAt(youngBatch) != nil {
-		t.Error("a batch younger than UnpushedAfter was pushed")
-	}
-	if at := pushedAt(doneBatch); at == nil || !at.Equal(*doneAt) {
-		t.Errorf("an already pushed batch changed: pushed_at %v, was %v", at, doneAt)
-	}
-
-	se.svc.Sweep(ctx)
-	if diff := cmp.Diff(sortedIDs(oldIDs[0], oldIDs[1]), se.ready(t)); diff != "" {
-		t.Errorf("the second sweep pushed again (-want +got):\n%s", diff)
+	if int64(len(got)) > f.target() {
+		t.Errorf("ready holds %d, above the target %d", len(got), f.target())
 	}
 }
 
-func TestSweepTouchStale(t *testing.T) {
+// TestEnqueueStormQueuesNothingTwice: resume and retry-failed call Enqueue;
+// a thousand calls push nothing that is already queued.
+func TestEnqueueStormQueuesNothingTwice(t *testing.T) {
 	t.Parallel()
-	se := newSweepEnv(t, MaintenanceOptions{StaleAfter: 10 * time.Minute, UnpushedAfter: time.Minute})
+	se := newSweepEnv(t, MaintenanceOptions{})
+	ctx := context.Background()
+	campaignID, ids := fixture(t, se.db, "Hi", fourCustomers...)
+	want := se.feedAll(t)
+	for range 1000 {
+		if err := se.svc.Enqueue(ctx, campaignID, 0, nil, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if diff := cmp.Diff(sortedIDs(ids...), se.feedAll(t)); diff != "" || len(want) != len(ids) {
+		t.Errorf("after 1,000 enqueues, ready (-each message once +got):\n%s", diff)
+	}
+}
+
+// TestSweepUnqueuesStale: a queued or sending message that has not moved for
+// StaleAfter is marked unqueued (a sending one back to pending) and touched,
+// so the feeder queues it again once; a message never queued is waiting its
+// turn, not stale.
+func TestSweepUnqueuesStale(t *testing.T) {
+	t.Parallel()
+	se := newSweepEnv(t, MaintenanceOptions{StaleAfter: 10 * time.Minute})
 	ctx := context.Background()
 	se.markEpoch(t)
 	_, ids := fixture(t, se.db, "Hi", [2]string{"A", ""}, [2]string{"B", ""}, [2]string{"C", ""},
-		[2]string{"D", ""}, [2]string{"E", ""}, [2]string{"F", ""})
-	stalePending, staleSending, fresh, waitingRetry, oldSent, oldFailed := ids[0], ids[1], ids[2], ids[3], ids[4], ids[5]
-	se.exec(t, `UPDATE outbound_messages SET updated_at = now() - interval '1 hour' WHERE id = ANY($1)`,
-		pq.Array([]int64{stalePending, staleSending, waitingRetry, oldSent, oldFailed}))
+		[2]string{"D", ""}, [2]string{"E", ""}, [2]string{"F", ""}, [2]string{"G", ""})
+	stalePending, staleSending, fresh, waitingRetry, oldSent, oldFailed, neverQueued :=
+		ids[0], ids[1], ids[2], ids[3], ids[4], ids[5], ids[6]
+	se.queued(t, stalePending, staleSending, fresh, waitingRetry)
+	se.exec(t, `UPDATE outbound_messages SET updated_at = now() - interval '1 hour',
+    queued_at = queued_at - interval '1 hour' WHERE id = ANY($1)`,
+		pq.Array([]int64{stalePending, staleSending, waitingRetry, oldSent, oldFailed, neverQueued}))
 	se.exec(t, `UPDATE outbound_messages SET status = 'sending' WHERE id = $1`, staleSending)
 	se.exec(t, `UPDATE outbound_messages SET status = 'sent' WHERE id = $1`, oldSent)
 	se.exec(t, `UPDATE outbound_messages SET status = 'failed' WHERE id = $1`, oldFailed)
@@ -215,20 +265,10 @@ func TestSweepTouchStale(t *testing.T) {
 	se.exec(t, `UPDATE outbound_messages SET retry_count = 1, next_attempt_at = now() + interval '1 hour' WHERE id = $1`, waitingRetry)
 
 	se.svc.Sweep(ctx)
-	want := sortedIDs(stalePending, staleSending)
-	if diff := cmp.Diff(want, se.ready(t)); diff != "" {
-		t.Errorf("ready after the sweep (-stale ids +got):\n%s", diff)
-	}
 	got := messages(t, se.db, ids)
-	if st := got[staleSending].Status; st != StatusPending {
-		t.Errorf("stale sending message is %s, want pending", st)
-	}
-	if st := got[stalePending].Status; st != StatusPending {
-		t.Errorf("stale pending message is %s, want pending", st)
-	}
-	for _, id := range want {
-		if age := time.Since(got[id].UpdatedAt); age > time.Minute {
-			t.Errorf("message %d was not touched: updated %v ago", id, age)
+	for _, id := range []int64{stalePending, staleSending} {
+		if got[id].Status != StatusPending || time.Since(got[id].UpdatedAt) > time.Minute {
+			t.Errorf("stale message %d: %s, updated %v ago; want pending and touched", id, got[id].Status, time.Since(got[id].UpdatedAt))
 		}
 	}
 	for id, st := range map[int64]Status{fresh: StatusPending, waitingRetry: StatusPending, oldSent: StatusSent, oldFailed: StatusFailed} {
@@ -236,35 +276,18 @@ func TestSweepTouchStale(t *testing.T) {
 			t.Errorf("message %d is %s, want %s untouched", id, got[id].Status, st)
 		}
 	}
-
-	// Touched, the messages are not stale any more: nothing is pushed again.
+	if age := time.Since(got[neverQueued].UpdatedAt); age < 30*time.Minute {
+		t.Errorf("a message never queued was touched as stale (updated %v ago)", age)
+	}
+	// Fed: the stale ones again, and the one never queued; not the fresh
+	// queued one nor the waiting retry.
+	want := sortedIDs(stalePending, staleSending, neverQueued)
+	if diff := cmp.Diff(want, se.feedAll(t)); diff != "" {
+		t.Errorf("ready after the sweep and a feed (-want +got):\n%s", diff)
+	}
+	// Touched, the messages are not stale any more: nothing is queued again.
 	se.svc.Sweep(ctx)
-	if diff := cmp.Diff(want, se.ready(t)); diff != "" {
-		t.Errorf("the second sweep pushed again (-want +got):\n%s", diff)
-	}
-}
-
-// TestSweepStaleSkippedInBacklog: in a deep backlog an old pending message
-// is most likely waiting its turn, so the last-resort sweep leaves it.
-func TestSweepStaleSkippedInBacklog(t *testing.T) {
-	t.Parallel()
-	se := newSweepEnv(t, MaintenanceOptions{StaleAfter: 10 * time.Minute})
-	ctx := context.Background()
-	se.markEpoch(t)
-	_, ids := fixture(t, se.db, "Hi", [2]string{"A", ""})
-	se.exec(t, `UPDATE outbound_messages SET updated_at = now() - interval '1 hour' WHERE id = $1`, ids[0])
-	backlog := make([]int64, 10_001)
-	for i := range backlog {
-		backlog[i] = 1_000_000 + int64(i)
-	}
-	if err := se.queue.Push(ctx, backlog); err != nil {
-		t.Fatal(err)
-	}
-	se.svc.Sweep(ctx)
-	if n, _ := se.rdb.LLen(ctx, se.queue.keys.ready).Result(); n != int64(len(backlog)) {
-		t.Errorf("ready holds %d, want only the backlog (%d)", n, len(backlog))
-	}
-	if m := messages(t, se.db, ids)[ids[0]]; time.Since(m.UpdatedAt) < 30*time.Minute {
-		t.Errorf("stale message was touched during a backlog (updated %v ago)", time.Since(m.UpdatedAt))
+	if diff := cmp.Diff(want, se.feedAll(t)); diff != "" {
+		t.Errorf("the second sweep queued again (-want +got):\n%s", diff)
 	}
 }

@@ -1,6 +1,7 @@
 package messaging
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -253,15 +254,26 @@ func charPos(s string, i int) int {
 	return utf8.RuneCountInString(s[:i]) + 1
 }
 
-// Templates adapts Check and Render to the small interfaces other features
-// declare, so they can depend on an interface rather than this package's
-// functions. The zero value is ready to use.
-type Templates struct{}
+// Templates adapts Check and [Limits.Render] to the small interfaces other
+// features declare, so they can depend on an interface rather than this
+// package's functions. The zero value is ready to use, with the default
+// limits.
+type Templates struct {
+	Limits Limits // the longest message per channel, as the worker pool enforces it
+}
 
 // Check calls the package-level [Check].
 func (Templates) Check(tmpl string) error { return Check(tmpl) }
 
-// Render calls the package-level [Render].
-func (Templates) Render(tmpl string, fields map[string]string) (string, error) {
-	return Render(tmpl, fields)
+// Render renders tmpl for a message on channel exactly as delivery does
+// ([Limits.Render]). A message delivery would refuse as too long is returned
+// with the reason in warnings, such as "rendered message is 2,100
+// characters; sms allows 1,600". err is Render's *TemplateError.
+func (t Templates) Render(channel, tmpl string, fields map[string]string) (msg string, warnings []string, err error) {
+	msg, err = t.Limits.Render(Channel(channel), tmpl, fields)
+	var long *TooLongError
+	if errors.As(err, &long) {
+		return msg, []string{long.Error()}, nil
+	}
+	return msg, nil, err
 }

@@ -224,9 +224,9 @@ func TestPlaceholdersMutationDoesNotChangeRules(t *testing.T) {
 
 func TestTemplatesAdapter(t *testing.T) {
 	var tp Templates
-	got, err := tp.Render("Hi {first_name}", alice)
-	if err != nil || got != "Hi Alice" {
-		t.Errorf("Templates.Render = %q, %v; want %q, nil", got, err, "Hi Alice")
+	got, warnings, err := tp.Render("sms", "Hi {first_name}", alice)
+	if err != nil || got != "Hi Alice" || warnings != nil {
+		t.Errorf("Templates.Render = %q, %q, %v; want %q, nil, nil", got, warnings, err, "Hi Alice")
 	}
 	if err := tp.Check("Hi {first_name}"); err != nil {
 		t.Errorf("Templates.Check(valid) = %v, want nil", err)

@@ -2,12 +2,15 @@ package messaging
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/campaignd/dispatch/platform/loop"
 )
 
 // jobQueue is what the pool needs from the queue; RedisQueue implements it,
@@ -30,8 +33,13 @@ type PoolOptions struct {
 	HeartbeatInterval time.Duration
 	DrainTimeout      time.Duration // on shutdown, how long in-flight deliveries may take
 	FlushInterval     time.Duration // longest an outcome waits to be recorded with others
-	Provider          string        // the sender's name, for Observer
-	Observer          Observer      // nil: nothing is observed
+	// Starved, if set, is called when a fetch finds fewer jobs than it has
+	// room for: the app wakes the feeder with it, so the list is topped up
+	// at once instead of at the feeder's next tick.
+	Starved  func()
+	Provider string   // the sender's name, for Observer
+	Observer Observer // nil: nothing is observed
+	Limits   Limits   // the longest message per channel; a longer one fails for good
 
 	// The three below default from Concurrency and BatchSize; see defaults.
 	Fetchers int // fetch-and-claim loops running at once
@@ -96,13 +104,22 @@ func (o *PoolOptions) defaults() {
 // list and claim them in PostgreSQL with one statement per batch; the
 // delivery goroutines render and send; a recorder gathers outcomes into
 // batches and flushers store each batch with one statement and only then
-// acknowledge its jobs in Redis. A job is therefore acknowledged only after
-// the database holds its outcome, and a crash at any point leaves it in the
-// processing list, from which a reaper returns it.
+// hand its jobs to the settler, which acknowledges them in Redis in the
+// background. A job is therefore acknowledged only after the database holds
+// its outcome, and a crash at any point leaves it in the processing list,
+// from which a reaper returns it. Recording never waits for Redis: while
+// Redis is down, outcomes keep reaching PostgreSQL and the settlements wait,
+// bounded, in the settler.
+//
+// A delivery that fails because of this service's own PostgreSQL or Redis
+// (IsInfrastructure), not the provider, is not an attempt: the message goes
+// back to pending, retry_count unchanged, for another try after a short
+// pause.
 //
 // Memory is bounded: at most Concurrency+Prefetch jobs are claimed and not
-// yet delivered (tokens), and at most Concurrency outcomes wait in the
-// results channel plus one batch per flusher and one being gathered.
+// yet delivered (tokens), at most Concurrency outcomes wait in the results
+// channel plus one batch per flusher and one being gathered, and at most
+// settleBacklog ids wait in the settler.
 type Pool struct {
 	opts   PoolOptions
 	queue  jobQueue
@@ -115,6 +132,10 @@ type Pool struct {
 
 	gathering sync.Mutex // one fetcher at a time takes capacity for a batch
 	campaigns *campaignStatuses
+	settler   *settler
+	// infraDelay is the pause before a delivery that failed on our own
+	// infrastructure is tried again (infraRetryDelay; tests shorten it).
+	infraDelay time.Duration
 
 	sent, failed, retried, requeued atomic.Int64
 }
@@ -125,7 +146,9 @@ func NewPool(opts PoolOptions, queue jobQueue, repo *Repo, sender Sender, policy
 	return &Pool{
 		opts: opts, queue: queue, repo: repo, sender: sender, policy: policy,
 		log: log.With("consumer", opts.Consumer), jitter: randomJitter, now: time.Now,
-		campaigns: newCampaignStatuses(repo),
+		campaigns:  newCampaignStatuses(repo),
+		settler:    newSettler(queue, opts.Consumer, log.With("consumer", opts.Consumer)),
+		infraDelay: infraRetryDelay,
 	}
 }
 
@@ -159,9 +182,9 @@ type claimedJob struct {
 //  1. the fetchers stop taking jobs (within PollWait);
 //  2. deliveries already claimed finish, for at most DrainTimeout, after
 //     which the rest are cancelled and recorded as not attempted;
-//  3. the recorder and flushers store every outcome and settle the jobs in
-//     Redis;
-//  4. anything still in the processing list goes back to the queue and the
+//  3. the recorder and flushers store every outcome;
+//  4. the settler settles the jobs in Redis, for at most settleDrain;
+//  5. anything still in the processing list goes back to the queue and the
 //     heartbeat stops.
 //
 // Run returns when all of its goroutines have exited.
@@ -200,6 +223,14 @@ func (p *Pool) Run(ctx context.Context) error {
 	var hbDone sync.WaitGroup
 	hbDone.Go(func() { p.heartbeat(hbCtx) }) // exits when stopHeartbeat is called, after the pool has drained
 
+	settleCtx, cancelSettle := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelSettle()
+	settling := make(chan struct{}) // closed once nothing more is handed to the settler
+	var settlerDone sync.WaitGroup
+	// Exits once settling is closed and its backlog is settled, or when
+	// settleCtx ends (settleDrain after settling is closed).
+	settlerDone.Go(func() { p.settler.run(settleCtx, settling) })
+
 	// A token is one claimed job not yet delivered.
 	tokens := make(chan struct{}, p.opts.Concurrency+p.opts.Prefetch)
 	jobs := make(chan claimedJob, p.opts.Prefetch)
@@ -231,6 +262,10 @@ func (p *Pool) Run(ctx context.Context) error {
 	close(results)
 	recorderDone.Wait()
 	cancelRecord()
+	close(settling)
+	stopSettling := time.AfterFunc(settleDrain, cancelSettle)
+	settlerDone.Wait()
+	stopSettling.Stop()
 
 	relCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
@@ -246,19 +281,19 @@ func (p *Pool) Run(ctx context.Context) error {
 	return nil
 }
 
+// settleDrain is how long shutdown waits for the settler to settle what
+// the recorder handed it. Past it (Redis down), the jobs stay in the
+// processing list and Release returns them to the queue, or, if Redis is
+// still down, the reaper does after the restart.
+const settleDrain = 5 * time.Second
+
+// heartbeat keeps this consumer registered until ctx ends. It does not back
+// off past its interval: a heartbeat that came late after an outage would
+// get this consumer's jobs reaped while it still works on them.
 func (p *Pool) heartbeat(ctx context.Context) {
-	t := time.NewTicker(p.opts.HeartbeatInterval)
-	defer t.Stop()
-	for {
-		if err := p.queue.Heartbeat(ctx, p.opts.Consumer, p.now()); err != nil && ctx.Err() == nil {
-			p.log.Warn("heartbeat failed", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
+	loop.Every(ctx, p.opts.HeartbeatInterval, "heartbeat", p.log, func(ctx context.Context) error {
+		return p.queue.Heartbeat(ctx, p.opts.Consumer, p.now())
+	}, loop.MaxBackoff(p.opts.HeartbeatInterval))
 }
 
 // fetch takes jobs while there is free capacity and hands claimed ones to
@@ -266,26 +301,24 @@ func (p *Pool) heartbeat(ctx context.Context) {
 // delivered, so at most Concurrency+Prefetch claimed jobs wait or are being
 // delivered here. Several fetchers may run at once.
 func (p *Pool) fetch(ctx context.Context, tokens chan struct{}, jobs chan<- claimedJob) {
-	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
 	for {
 		n, ok := p.gather(ctx, tokens)
 		if !ok {
 			return
 		}
-		ids, err := p.queue.Fetch(ctx, p.opts.Consumer, n, p.opts.PollWait)
-		if err != nil {
+		var ids []int64
+		err := loop.Retry(ctx, "fetching jobs", p.log, func(ctx context.Context) (err error) {
+			ids, err = p.queue.Fetch(ctx, p.opts.Consumer, n, p.opts.PollWait)
+			return err
+		})
+		if err != nil { // shutdown
 			release(tokens, n)
-			if ctx.Err() != nil {
-				return
-			}
-			p.log.Warn("fetch from queue failed; backing off", "err", err, "retry_in", backoff.peek())
-			if !backoff.wait(ctx) {
-				return
-			}
-			continue
+			return
 		}
-		backoff.reset()
 		release(tokens, n-len(ids))
+		if len(ids) < n && p.opts.Starved != nil {
+			p.opts.Starved() // the ready list ran short: ask for more now
+		}
 		if len(ids) == 0 {
 			continue
 		}
@@ -344,7 +377,7 @@ func (p *Pool) gather(ctx context.Context, tokens chan struct{}) (int, bool) {
 }
 
 // claim claims ids, retrying while PostgreSQL is unreachable. Ids it cannot
-// claim are settled at once: acknowledged when there is nothing left to do,
+// claim are handed to the settler: acknowledged when there is nothing left to do,
 // delayed when the message is not due yet or another worker holds it. If
 // shutdown begins first, the ids stay in the processing list and Release
 // returns them to the queue. It also returns when the successful claim was
@@ -364,28 +397,28 @@ func (p *Pool) claim(ctx context.Context, ids []int64) ([]Job, time.Time) {
 		seen[id] = true
 		uniq = append(uniq, id)
 	}
-	if len(dups.Done) > 0 {
-		p.settle(ctx, dups)
-	}
+	p.settler.add(dups)
 	ids = uniq
-	backoff := newBackoff(200*time.Millisecond, 5*time.Second)
-	for {
-		at := p.now()
+	var (
+		jobs      []Job
+		unclaimed []Unclaimed
+		at        time.Time
+	)
+	err := loop.Retry(ctx, "claiming jobs", p.log, func(ctx context.Context) (err error) {
+		at = p.now()
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		jobs, unclaimed, err := p.repo.Claim(cctx, ids, p.opts.Lease)
-		cancel()
-		if err == nil {
-			if len(unclaimed) > 0 {
-				p.observeCancelled(unclaimed)
-				p.settleUnclaimed(ctx, unclaimed)
-			}
-			return jobs, at
-		}
-		p.log.Warn("claim failed; backing off", "err", err, "jobs", len(ids), "retry_in", backoff.peek())
-		if !backoff.wait(ctx) {
-			return nil, at
-		}
+		defer cancel()
+		jobs, unclaimed, err = p.repo.Claim(cctx, ids, p.opts.Lease)
+		return err
+	})
+	if err != nil { // shutdown
+		return nil, at
 	}
+	if len(unclaimed) > 0 {
+		p.observeCancelled(unclaimed)
+		p.settleUnclaimed(unclaimed)
+	}
+	return jobs, at
 }
 
 // observeCancelled counts the messages the claim, already committed,
@@ -401,19 +434,16 @@ func (p *Pool) observeCancelled(unclaimed []Unclaimed) {
 	t.report(p.opts.Observer, p.opts.Provider)
 }
 
-func (p *Pool) settleUnclaimed(ctx context.Context, unclaimed []Unclaimed) {
+func (p *Pool) settleUnclaimed(unclaimed []Unclaimed) {
 	var s Settlement
 	for _, u := range unclaimed {
 		if u.RetryAt.IsZero() {
 			s.Done = append(s.Done, u.ID)
 			continue
 		}
-		if s.Delay == nil {
-			s.Delay = map[int64]time.Time{}
-		}
-		s.Delay[u.ID] = u.RetryAt
+		s.delay(u.ID, u.RetryAt)
 	}
-	p.settle(ctx, s)
+	p.settler.add(s)
 }
 
 // deliver renders and sends one job and decides its outcome. It never
@@ -430,9 +460,15 @@ func (p *Pool) deliver(sendCtx context.Context, cj claimedJob) (r result) {
 			r = p.failure(j, fmt.Errorf("panic during delivery: %v", v), false)
 		}
 	}()
-	body, err := Render(j.Template, j.Fields())
+	body, err := p.opts.Limits.Render(Channel(j.Channel), j.Template, j.Fields())
 	if err != nil {
-		return p.failure(j, fmt.Errorf("render template: %w", err), true)
+		// Neither a template that cannot render nor a message too long for
+		// its channel gets better with another attempt.
+		var long *TooLongError
+		if !errors.As(err, &long) {
+			err = fmt.Errorf("render template: %w", err)
+		}
+		return p.failure(j, err, true)
 	}
 	// The campaign is checked again just before sending: a job claimed
 	// before a pause or cancel (waiting in the prefetch buffer) is not
@@ -454,8 +490,22 @@ func (p *Pool) deliver(sendCtx context.Context, cj claimedJob) (r result) {
 		// Cut off by shutdown, not by the provider: not a failed attempt.
 		return p.notAttempted(j)
 	}
+	if IsInfrastructure(err) {
+		// Our own PostgreSQL or Redis failed (the mock's ledger could not
+		// be written, say): the provider was not the problem, so this is
+		// not an attempt either. Retried after a pause, not at once, so an
+		// overloaded database is not hammered; nothing counts it, so an
+		// outage cannot use up a message's attempts.
+		r = p.notAttempted(j)
+		r.outcome.NextAttemptAt = p.now().Add(loop.Backoff(1, p.infraDelay, p.infraDelay, p.jitter()))
+		return r
+	}
 	return p.failure(j, err, IsPermanent(err))
 }
+
+// infraRetryDelay is the pause (with jitter, half to all of it) before a
+// message whose delivery failed on our own infrastructure is tried again.
+const infraRetryDelay = 2 * time.Second
 
 // deliverable reports whether a prefetched job can still be attempted
 // within its lease: claimed jobs wait for a free delivery goroutine, and one
@@ -466,6 +516,9 @@ func (p *Pool) deliverable(j claimedJob) bool {
 	return p.opts.Prefetch == 0 || p.now().Sub(j.claimedAt) <= p.opts.Lease-p.opts.SendTimeout
 }
 
+// notAttempted is a delivery that did not happen: the message goes back to
+// pending with retry_count unchanged, and its job to the front of the queue
+// (or, with NextAttemptAt set, to the delayed set).
 func (p *Pool) notAttempted(j Job) result {
 	return result{job: j, outcome: Outcome{ID: j.ID, Status: StatusPending}}
 }
@@ -554,10 +607,11 @@ func (p *Pool) record(ctx context.Context, results <-chan result) {
 	}
 }
 
-// flush records a batch in PostgreSQL, then settles it in Redis. Both steps
-// retry until they succeed or ctx ends (only late in shutdown): a job is
-// never acknowledged before its outcome is stored, so one whose outcome was
-// not stored stays in the processing list and is delivered again; the
+// flush records a batch in PostgreSQL, retrying until it succeeds or ctx
+// ends (only late in shutdown), then hands its settlement to the settler,
+// so the next batch is recorded without waiting for Redis. A job is never
+// acknowledged before its outcome is stored, so one whose outcome was not
+// stored stays in the processing list and is delivered again; the
 // provider's idempotency key keeps that from reaching the customer twice.
 func (p *Pool) flush(ctx context.Context, batch []result) {
 	if len(batch) == 0 {
@@ -575,28 +629,27 @@ func (p *Pool) flush(ctx context.Context, batch []result) {
 			p.log.Warn("message failed for good", "message_id", r.job.ID, "campaign_id", r.job.CampaignID,
 				"attempts", r.job.RetryCount+1, "err", r.outcome.Error)
 		case kindRequeued:
-			s.Requeue = append(s.Requeue, r.job.ID)
-		default:
-			if s.Delay == nil {
-				s.Delay = map[int64]time.Time{}
+			if r.outcome.NextAttemptAt.IsZero() {
+				s.Requeue = append(s.Requeue, r.job.ID)
+			} else {
+				s.delay(r.job.ID, r.outcome.NextAttemptAt)
 			}
-			s.Delay[r.job.ID] = r.outcome.NextAttemptAt
+		default:
+			s.delay(r.job.ID, r.outcome.NextAttemptAt)
 		}
 	}
-	backoff := newBackoff(200*time.Millisecond, 5*time.Second)
-	for {
+	err := loop.Retry(ctx, "recording outcomes", p.log, func(ctx context.Context) error {
 		skipped, err := p.repo.Record(ctx, outcomes)
 		if err == nil {
 			p.count(batch, skipped)
-			break
 		}
-		p.log.Warn("recording outcomes failed; retrying", "err", err, "outcomes", len(outcomes), "retry_in", backoff.peek())
-		if !backoff.wait(ctx) {
-			p.log.Error("gave up recording outcomes at shutdown; the jobs will be redelivered", "outcomes", len(outcomes))
-			return
-		}
+		return err
+	})
+	if err != nil {
+		p.log.Error("gave up recording outcomes at shutdown; the jobs will be redelivered", "outcomes", len(outcomes), "err", err)
+		return
 	}
-	p.settle(ctx, s)
+	p.settler.add(s)
 }
 
 // count adds a recorded batch to the pool's counters and the observer,
@@ -621,25 +674,6 @@ func (p *Pool) count(batch []result, skipped []int64) {
 	t.report(p.opts.Observer, p.opts.Provider)
 }
 
-// settle retries until Redis takes the settlement or ctx ends. Giving up
-// leaves the jobs in the processing list; redelivered, they are found final
-// (acknowledged) or not yet due (delayed again), so retrying here is about
-// promptness, not safety.
-func (p *Pool) settle(ctx context.Context, s Settlement) {
-	backoff := newBackoff(200*time.Millisecond, 5*time.Second)
-	for {
-		err := p.queue.Settle(context.WithoutCancel(ctx), p.opts.Consumer, s)
-		if err == nil {
-			return
-		}
-		p.log.Warn("settling jobs in Redis failed; retrying", "err", err, "retry_in", backoff.peek())
-		if !backoff.wait(ctx) {
-			p.log.Error("gave up settling jobs in Redis; they will be redelivered and found settled", "err", err)
-			return
-		}
-	}
-}
-
 func release(tokens chan struct{}, n int) {
 	for range n {
 		<-tokens
@@ -651,27 +685,4 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n]
-}
-
-// backoff is a capped doubling delay for retrying a dependency that is down.
-type backoff struct {
-	min, max, cur time.Duration
-}
-
-func newBackoff(min, max time.Duration) *backoff { return &backoff{min: min, max: max, cur: min} }
-
-func (b *backoff) peek() time.Duration { return b.cur }
-func (b *backoff) reset()              { b.cur = b.min }
-
-// wait sleeps for the current delay and doubles it; false if ctx ended first.
-func (b *backoff) wait(ctx context.Context) bool {
-	t := time.NewTimer(b.cur)
-	defer t.Stop()
-	b.cur = min(b.cur*2, b.max)
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
