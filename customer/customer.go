@@ -7,15 +7,16 @@
 package customer
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"time"
-	"unicode"
 	"unicode/utf8"
 
 	"github.com/nyaruka/phonenumbers"
 
 	"github.com/campaignd/dispatch/platform/errs"
+	"github.com/campaignd/dispatch/platform/text"
 )
 
 // Customer is a stored customer. Phone is always E.164 ("+254712345678") and
@@ -62,7 +63,7 @@ func (c Channel) validate() error {
 	case c == "":
 		return errs.Validation("channel", "channel is required: %q or %q", ChannelSMS, ChannelWhatsApp)
 	}
-	return errs.Validation("channel", "channel must be %q or %q, got %q", ChannelSMS, ChannelWhatsApp, string(c))
+	return errs.Validation("channel", "channel must be %q or %q, got %s", ChannelSMS, ChannelWhatsApp, errs.Quote(string(c)))
 }
 
 // Input is a customer as a client sends it, to POST /customers or as one row
@@ -86,6 +87,20 @@ type Filter struct {
 // "location=Nairobi" are the same list (stored values are trimmed too).
 func (f Filter) normalized() Filter {
 	return Filter{Location: strings.TrimSpace(f.Location), PreferredProduct: strings.TrimSpace(f.PreferredProduct)}
+}
+
+// validate returns f normalized, or a VALIDATION_ERROR naming the first value
+// that no customer's field could hold (text.Line, MaxFieldLen): such a value
+// would match nobody, and NUL or invalid UTF-8 cannot even be compared.
+func (f Filter) validate() (Filter, error) {
+	f = f.normalized()
+	if err := text.Line("location", f.Location, 0, MaxFieldLen); err != nil {
+		return Filter{}, err
+	}
+	if err := text.Line("preferred_product", f.PreferredProduct, 0, MaxFieldLen); err != nil {
+		return Filter{}, err
+	}
+	return f, nil
 }
 
 // key lists the filter values for page.Parse's cursor fingerprint. They are
@@ -185,29 +200,27 @@ func normalizePhone(raw, region string) (string, *FieldError) {
 	n, err := phonenumbers.Parse(raw, region)
 	if err != nil || !phonenumbers.IsValidNumber(n) {
 		if !strings.HasPrefix(raw, "+") {
-			return bad("phone %q is not a valid phone number (numbers without a +country code are read as %s numbers)", raw, region)
+			return bad("phone %s is not a valid phone number (numbers without a +country code are read as %s numbers)", errs.Quote(raw), region)
 		}
-		return bad("phone %q is not a valid phone number", raw)
+		return bad("phone %s is not a valid phone number", errs.Quote(raw))
 	}
 	if n.GetExtension() != "" {
-		return bad("phone %q has an extension; give the number alone", raw)
+		return bad("phone %s has an extension; give the number alone", errs.Quote(raw))
 	}
 	return phonenumbers.Format(n, phonenumbers.E164), nil
 }
 
-// cleanText trims v and checks what PostgreSQL and message templates can
-// take: valid UTF-8 (CSV bodies are not checked by any decoder), no control
-// characters (NUL cannot be stored in text; the rest would corrupt rendered
-// messages) and at most MaxFieldLen characters.
+// cleanText trims v and checks it by the service's rule for one-line text
+// (text.Line): valid UTF-8 (CSV bodies are not checked by any decoder), no
+// control characters (NUL cannot be stored in text; the rest would corrupt
+// rendered messages), no bidirectional overrides, and at most MaxFieldLen
+// characters.
 func cleanText(field, v string) (string, *FieldError) {
 	v = strings.TrimSpace(v)
-	switch {
-	case !utf8.ValidString(v):
-		return "", &FieldError{Field: field, Message: field + " is not valid UTF-8 text"}
-	case strings.IndexFunc(v, unicode.IsControl) >= 0:
-		return "", &FieldError{Field: field, Message: field + " must not contain control characters"}
-	case utf8.RuneCountInString(v) > MaxFieldLen:
-		return "", &FieldError{Field: field, Message: fmt.Sprintf("%s is too long (at most %d characters)", field, MaxFieldLen)}
+	if err := text.Line(field, v, 0, MaxFieldLen); err != nil {
+		var e *errs.Error
+		errors.As(err, &e) // text's errors are always *errs.Error
+		return "", &FieldError{Field: field, Message: e.Message}
 	}
 	return v, nil
 }

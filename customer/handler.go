@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"io"
+	"iter"
 	"mime"
 	"net/http"
 	"strconv"
@@ -18,8 +19,9 @@ import (
 
 // Defaults for the zero fields of HandlerOptions, matching configs/config.yaml.
 const (
-	DefaultImportMaxBytes int64 = 50 << 20
-	DefaultImportMaxRows        = 100_000
+	DefaultImportMaxBytes    int64 = 50 << 20
+	DefaultImportMaxRows           = 100_000
+	DefaultImportConcurrency       = 2
 )
 
 const (
@@ -35,13 +37,18 @@ type HandlerOptions struct {
 	ImportMaxBytes int64
 	// ImportMaxRows is the most rows one import may hold; more is a 400.
 	ImportMaxRows int
+	// ImportConcurrency is how many imports the Handler runs at once; one
+	// more is 429 RATE_LIMITED with Retry-After. Each running import holds
+	// a database connection and a batch of rows.
+	ImportConcurrency int
 }
 
 // Handler serves the customer routes. Its methods return errors for the
 // app's httpx.ErrorHandler to write; they never write error responses.
 type Handler struct {
-	svc  *Service
-	opts HandlerOptions
+	svc     *Service
+	opts    HandlerOptions
+	imports chan struct{} // a semaphore: one token per running import
 }
 
 // NewHandler returns a Handler over svc.
@@ -52,7 +59,10 @@ func NewHandler(svc *Service, opts HandlerOptions) *Handler {
 	if opts.ImportMaxRows <= 0 {
 		opts.ImportMaxRows = DefaultImportMaxRows
 	}
-	return &Handler{svc: svc, opts: opts}
+	if opts.ImportConcurrency <= 0 {
+		opts.ImportConcurrency = DefaultImportConcurrency
+	}
+	return &Handler{svc: svc, opts: opts, imports: make(chan struct{}, opts.ImportConcurrency)}
 }
 
 // Register mounts the customer routes on e:
@@ -73,8 +83,14 @@ func (h *Handler) Register(e *echo.Echo) {
 }
 
 func (h *Handler) list(c echo.Context) error {
-	q := c.QueryParams()
-	f := Filter{Location: q.Get("location"), PreferredProduct: q.Get("preferred_product")}.normalized()
+	q, err := httpx.Query(c)
+	if err != nil {
+		return err
+	}
+	f, err := Filter{Location: q.Get("location"), PreferredProduct: q.Get("preferred_product")}.validate()
+	if err != nil {
+		return err
+	}
 	req, err := page.Parse(q, f.key()...)
 	if err != nil {
 		return err
@@ -121,13 +137,23 @@ func (h *Handler) importCustomers(c echo.Context) error {
 	if r.ContentLength > h.opts.ImportMaxBytes {
 		return errTooLarge(h.opts.ImportMaxBytes)
 	}
+	// An import is refused rather than queued when the replica already runs
+	// its share: the client retries (here or at another replica) instead of
+	// holding a connection and its body open while it waits.
+	select {
+	case h.imports <- struct{}{}:
+		defer func() { <-h.imports }()
+	default:
+		c.Response().Header().Set("Retry-After", "1")
+		return errImportsBusy(h.opts.ImportConcurrency)
+	}
 	// The underlying writer, not Echo's wrapper: net/http then knows to
 	// close the connection after the 413 rather than drain the rest.
 	body := http.MaxBytesReader(c.Response().Writer, r.Body, h.opts.ImportMaxBytes)
 	defer body.Close()
 
 	mt, _, _ := mime.ParseMediaType(r.Header.Get(echo.HeaderContentType)) // checked above
-	var rows []ImportRow
+	var rows iter.Seq2[ImportRow, error]
 	var err error
 	if strings.EqualFold(mt, mimeCSV) {
 		rows, err = readCSV(body, h.opts.ImportMaxRows)
@@ -174,7 +200,11 @@ func (h *Handler) optIn(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	query := c.QueryParams()["channel"]
+	q, err := httpx.Query(c)
+	if err != nil {
+		return err
+	}
+	query := q["channel"]
 	if len(query) > 1 {
 		return errs.Validation("channel", "channel must be given once, got %d values", len(query))
 	}
@@ -195,7 +225,8 @@ func (h *Handler) optIn(c echo.Context) error {
 		case ch == "":
 			ch = b.Channel
 		case b.Channel != "" && b.Channel != ch:
-			return errs.Validation("channel", "channel is %q in the query but %q in the body; give it once", ch, b.Channel)
+			return errs.Validation("channel", "channel is %s in the query but %s in the body; give it once",
+				errs.Quote(ch), errs.Quote(b.Channel))
 		}
 	}
 	cust, err := h.svc.OptIn(c.Request().Context(), id, Channel(ch))

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -13,6 +14,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/labstack/echo/v4"
+
+	"github.com/campaignd/dispatch/platform/errs"
 )
 
 // importResponse is ImportResult as a client decodes it, strictly.
@@ -209,27 +212,41 @@ func TestImportIsAllOrNothing(t *testing.T) {
 	})
 }
 
-// TestInsertManyRollsBackOnRace covers the race the pre-check cannot: a
-// phone taken between the check and the insert, here in the second chunk so
-// that the first chunk has already been inserted by the same transaction.
-func TestInsertManyRollsBackOnRace(t *testing.T) {
+// TestImportRollsBackOnRace covers what no check before the insert can
+// see: a phone given to another customer by a concurrent request while the
+// import runs, after the import's first batch went to the database. The
+// import reports the row, and nothing it inserted is stored.
+func TestImportRollsBackOnRace(t *testing.T) {
 	t.Parallel()
 	v := newEnv(t, "KE", HandlerOptions{})
 	ctx := context.Background()
-	taken := phone(importChunk + 10)
-	if _, err := v.svc.Create(ctx, Input{Phone: taken}); err != nil {
-		t.Fatal(err)
+	taken := importBatch + 10
+	var other Customer
+	rows := func(yield func(ImportRow, error) bool) {
+		for i := range importBatch + 100 {
+			if i == importBatch { // the first batch has been handed to the writer
+				var err error
+				if other, err = v.svc.Create(ctx, Input{Phone: phone(taken)}); err != nil {
+					t.Errorf("create the concurrent customer: %v", err)
+				}
+			}
+			if !yield(ImportRow{Input: Input{Phone: phone(i)}}, nil) {
+				return
+			}
+		}
 	}
-	rows := make([]Input, importChunk+100)
-	for i := range rows {
-		rows[i] = Input{Phone: phone(i)}
+	_, err := v.svc.Import(ctx, rows)
+	var e *errs.Error
+	if !errors.As(err, &e) || e.Code != errs.CodeValidation {
+		t.Fatalf("Import = %v, want a VALIDATION_ERROR", err)
 	}
-	_, err := NewRepo(v.db.DB).InsertMany(ctx, rows)
-	if !errors.Is(err, ErrPhoneTaken) {
-		t.Fatalf("InsertMany = %v, want ErrPhoneTaken", err)
+	want := []RowError{{Index: intp(taken), Field: "phone",
+		Message: fmt.Sprintf("phone %s already belongs to customer %d", phone(taken), other.ID)}}
+	if diff := cmp.Diff(want, e.Details["rows"]); diff != "" || e.Details["invalid_rows"] != 1 {
+		t.Errorf("details.rows (-want +got):\n%s\ninvalid_rows %v, want 1", diff, e.Details["invalid_rows"])
 	}
 	if c := v.count(t); c != 1 {
-		t.Errorf("%d customers stored, want 1: the transaction was not rolled back", c)
+		t.Errorf("%d customers stored, want 1: the import's transaction was not rolled back", c)
 	}
 }
 
@@ -329,9 +346,20 @@ func BenchmarkImport10k(b *testing.B) {
 		}
 		round++
 		b.StartTimer()
-		if _, err := v.svc.Import(ctx, rows); err != nil {
+		if _, err := v.svc.Import(ctx, rowsOf(rows)); err != nil {
 			b.Fatal(err)
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/n, "µs/row")
+}
+
+// rowsOf yields rows as a body reader does.
+func rowsOf(rows []ImportRow) iter.Seq2[ImportRow, error] {
+	return func(yield func(ImportRow, error) bool) {
+		for _, r := range rows {
+			if !yield(r, nil) {
+				return
+			}
+		}
+	}
 }

@@ -6,25 +6,29 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"net/http"
 	"slices"
 	"strings"
 
 	"github.com/campaignd/dispatch/platform/errs"
+	"github.com/campaignd/dispatch/platform/httpx"
 )
 
-// This file reads the body of POST /customers/import into rows. Decoding
-// problems (the body is not a JSON array or CSV at all) are reported at once;
-// problems with the values of rows are left to Service.Import, which reports
-// them all together.
+// This file reads the body of POST /customers/import as a stream of rows.
+// Decoding problems (the body is not a JSON array or CSV at all) end the
+// stream with an error; problems with the values of rows are left to
+// Service.Import, which reports them all together.
 
 // csvColumns are the columns a CSV import may have, in any order.
 var csvColumns = []string{"phone", "first_name", "last_name", "location", "preferred_product"}
 
-// readJSON reads a JSON array of customer objects, one element at a time so
-// that a body with more than maxRows rows is refused as soon as row
-// maxRows+1 starts, without decoding the rest. Unknown fields are rejected.
-func readJSON(body io.Reader, maxRows int) ([]ImportRow, error) {
+// readJSON reads the opening '[' of a JSON array of customer objects and
+// returns the array's rows, decoded one element at a time as they are ranged
+// over: the body is never held whole. A row past maxRows, a malformed
+// element or anything after the closing ']' ends the rows with an error.
+// Unknown fields are rejected.
+func readJSON(body io.Reader, maxRows int) (iter.Seq2[ImportRow, error], error) {
 	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()
 	tok, err := dec.Token()
@@ -37,27 +41,44 @@ func readJSON(body io.Reader, maxRows int) ([]ImportRow, error) {
 	if d, ok := tok.(json.Delim); !ok || d != '[' {
 		return nil, errs.InvalidJSON("request body must be a JSON array of customer objects")
 	}
-	var rows []ImportRow
-	for i := 0; dec.More(); i++ {
-		if i == maxRows {
-			return nil, errTooManyRows(maxRows)
+	return func(yield func(ImportRow, error) bool) {
+		for i := 0; dec.More(); i++ {
+			if i == maxRows {
+				yield(ImportRow{}, errTooManyRows(maxRows))
+				return
+			}
+			// Each row is checked for repeated and wrongly-cased keys, which
+			// the decoder alone would accept, by the same rule as every body.
+			var raw json.RawMessage
+			var in Input
+			if err := dec.Decode(&raw); err != nil {
+				yield(ImportRow{}, jsonError(err, i))
+				return
+			}
+			if err := httpx.CheckJSONKeys(raw, &in); err != nil {
+				yield(ImportRow{}, rowError(err, i))
+				return
+			}
+			if err := json.Unmarshal(raw, &in); err != nil {
+				yield(ImportRow{}, jsonError(err, i))
+				return
+			}
+			if !yield(ImportRow{Input: in}, nil) {
+				return
+			}
 		}
-		var in Input
-		if err := dec.Decode(&in); err != nil {
-			return nil, jsonError(err, i)
+		if _, err := dec.Token(); err != nil { // the closing ']'
+			yield(ImportRow{}, jsonError(err, -1))
+			return
 		}
-		rows = append(rows, ImportRow{Input: in})
-	}
-	if _, err := dec.Token(); err != nil { // the closing ']'
-		return nil, jsonError(err, -1)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		if err != nil {
-			return nil, jsonError(err, -1)
+		if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+			if err != nil {
+				yield(ImportRow{}, jsonError(err, -1))
+				return
+			}
+			yield(ImportRow{}, errs.InvalidJSON("request body must hold a single JSON array"))
 		}
-		return nil, errs.InvalidJSON("request body must hold a single JSON array")
-	}
-	return rows, nil
+	}, nil
 }
 
 // jsonError turns a decoding error of row i (-1: outside any row) into the
@@ -75,22 +96,34 @@ func jsonError(err error, i int) error {
 		return errs.InvalidJSON("malformed JSON at byte %d", syn.Offset)
 	case errors.As(err, &typ) && i >= 0:
 		if typ.Field == "" {
-			return errs.InvalidJSON("row %d must be a JSON object, not %s", i, typ.Value).WithDetail("index", i)
+			return errs.InvalidJSON("row %d must be a JSON object, not %s", i, errs.Clip(typ.Value)).WithDetail("index", i)
 		}
-		return errs.InvalidJSON("row %d: field %q must be a string, not %s", i, typ.Field, typ.Value).
-			WithDetail("index", i).WithDetail("field", typ.Field)
+		return errs.InvalidJSON("row %d: field %s must be a string, not %s", i, errs.Quote(typ.Field), errs.Clip(typ.Value)).
+			WithDetail("index", i).WithDetail("field", errs.Clip(typ.Field))
 	case strings.HasPrefix(err.Error(), "json: unknown field ") && i >= 0:
 		field := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-		return errs.InvalidJSON("row %d: unknown field %q", i, field).
-			WithDetail("index", i).WithDetail("field", field)
+		return errs.InvalidJSON("row %d: unknown field %s", i, errs.Quote(field)).
+			WithDetail("index", i).WithDetail("field", errs.Clip(field))
 	}
-	return errs.InvalidJSON("invalid JSON: %v", err)
+	return errs.InvalidJSON("invalid JSON: %s", errs.Clip(err.Error()))
 }
 
-// readCSV reads CSV whose first line names the columns (csvColumns, any
-// order and case; phone required). Each row keeps the file line it starts
-// on, so problems can be reported where the client will look for them.
-func readCSV(body io.Reader, maxRows int) ([]ImportRow, error) {
+// rowError places httpx's error about row i's keys at the row.
+func rowError(err error, i int) error {
+	var e *errs.Error
+	if !errors.As(err, &e) {
+		return err
+	}
+	return errs.InvalidJSON("row %d: %s", i, e.Message).WithDetail("index", i).WithDetail("field", e.Details["field"])
+}
+
+// readCSV reads the header of CSV whose first line names the columns
+// (csvColumns, any order and case; phone required) and returns its rows,
+// read one line at a time as they are ranged over. Each row keeps the file
+// line it starts on, so problems can be reported where the client will look
+// for them. A row past maxRows or a malformed line ends the rows with an
+// error.
+func readCSV(body io.Reader, maxRows int) (iter.Seq2[ImportRow, error], error) {
 	r := csv.NewReader(body)
 	r.ReuseRecord = true // fields are fresh strings; only the slice is reused
 	header, err := r.Read()
@@ -108,11 +141,11 @@ func readCSV(body io.Reader, maxRows int) ([]ImportRow, error) {
 		}
 		name = strings.ToLower(strings.TrimSpace(name))
 		if !slices.Contains(csvColumns, name) {
-			return nil, errs.Validation("header", "unknown CSV column %q; the columns are %s",
-				name, strings.Join(csvColumns, ", "))
+			return nil, errs.Validation("header", "unknown CSV column %s; the columns are %s",
+				errs.Quote(name), strings.Join(csvColumns, ", "))
 		}
 		if _, dup := col[name]; dup {
-			return nil, errs.Validation("header", "CSV column %q appears twice", name)
+			return nil, errs.Validation("header", "CSV column %s appears twice", errs.Quote(name))
 		}
 		col[name] = i
 	}
@@ -126,27 +159,33 @@ func readCSV(body io.Reader, maxRows int) ([]ImportRow, error) {
 		return ""
 	}
 
-	var rows []ImportRow
-	for {
-		rec, err := r.Read()
-		if errors.Is(err, io.EOF) {
-			return rows, nil
+	return func(yield func(ImportRow, error) bool) {
+		for n := 0; ; n++ {
+			rec, err := r.Read()
+			if errors.Is(err, io.EOF) {
+				return
+			}
+			if err != nil {
+				yield(ImportRow{}, csvError(err))
+				return
+			}
+			if n == maxRows {
+				yield(ImportRow{}, errTooManyRows(maxRows))
+				return
+			}
+			line, _ := r.FieldPos(0)
+			row := ImportRow{Line: line, Input: Input{
+				Phone:            field(rec, "phone"),
+				FirstName:        field(rec, "first_name"),
+				LastName:         field(rec, "last_name"),
+				Location:         field(rec, "location"),
+				PreferredProduct: field(rec, "preferred_product"),
+			}}
+			if !yield(row, nil) {
+				return
+			}
 		}
-		if err != nil {
-			return nil, csvError(err)
-		}
-		if len(rows) == maxRows {
-			return nil, errTooManyRows(maxRows)
-		}
-		line, _ := r.FieldPos(0)
-		rows = append(rows, ImportRow{Line: line, Input: Input{
-			Phone:            field(rec, "phone"),
-			FirstName:        field(rec, "first_name"),
-			LastName:         field(rec, "last_name"),
-			Location:         field(rec, "location"),
-			PreferredProduct: field(rec, "preferred_product"),
-		}})
-	}
+	}, nil
 }
 
 // csvError turns a CSV reading error into the API's error.
@@ -174,4 +213,9 @@ func errTooLarge(limit int64) error {
 
 func errTooManyRows(limit int) error {
 	return errs.Validation("rows", "an import may hold at most %d rows; split it into several imports", limit)
+}
+
+func errImportsBusy(limit int) error {
+	return errs.New(errs.KindRateLimited, errs.CodeRateLimited,
+		fmt.Sprintf("this replica is already running %d imports, its limit; retry after the number of seconds in Retry-After", limit))
 }

