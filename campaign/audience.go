@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/campaignd/dispatch/platform/errs"
+	"github.com/campaignd/dispatch/platform/text"
 )
 
 // Audience chooses a send's recipients: either explicit customer ids, or
@@ -19,6 +20,11 @@ type Audience struct {
 	Location         string  `json:"location,omitempty"`
 	PreferredProduct string  `json:"preferred_product,omitempty"`
 }
+
+// MaxFilterLen is the most characters (not bytes) an audience's location or
+// preferred_product may hold: the customer feature's limit on the fields
+// they match, customer.MaxFieldLen (the app's tests check that they agree).
+const MaxFilterLen = 200
 
 // IsFilter reports whether a selects customers by filter (or all of them)
 // rather than by id.
@@ -38,8 +44,14 @@ func (a Audience) validate(field string) (Audience, int, error) {
 	case a.CustomerIDs == nil && !a.All && !hasFilter:
 		return a, 0, errs.Validation(field, `%s must name customer_ids, "all": true, or a location and/or preferred_product filter`, field)
 	}
-	if len(a.Location) > 200 || len(a.PreferredProduct) > 200 {
-		return a, 0, errs.Validation(field, "%s filter values are at most 200 characters", field)
+	// The values are matched against customers' fields, and stored in jsonb,
+	// so they follow the customer fields' rule (which also keeps out NUL,
+	// which neither text nor jsonb can hold).
+	if err := text.Line(field+".location", a.Location, 0, MaxFilterLen); err != nil {
+		return a, 0, err
+	}
+	if err := text.Line(field+".preferred_product", a.PreferredProduct, 0, MaxFilterLen); err != nil {
+		return a, 0, err
 	}
 	if a.CustomerIDs == nil {
 		return a, 0, nil

@@ -10,11 +10,12 @@ package campaign
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/campaignd/dispatch/platform/errs"
+	"github.com/campaignd/dispatch/platform/text"
 )
 
 // Limits on user input. The database mirrors them with CHECK constraints; the
@@ -61,13 +62,13 @@ const (
 	StatusCancelled Status = "cancelled"
 )
 
+// statuses lists every Status in life-cycle order: Valid and the messages
+// that name the statuses read it, so a new status is added here only.
+var statuses = []Status{StatusDraft, StatusScheduled, StatusSending, StatusPaused, StatusSent, StatusFailed, StatusCancelled}
+
 // Valid reports whether s is a known status (mirrors campaigns_status_check).
 func (s Status) Valid() bool {
-	switch s {
-	case StatusDraft, StatusScheduled, StatusSending, StatusPaused, StatusSent, StatusFailed, StatusCancelled:
-		return true
-	}
-	return false
+	return slices.Contains(statuses, s)
 }
 
 // Campaign is a stored campaign. Times are UTC; ScheduledAt is nil (JSON
@@ -102,6 +103,8 @@ type Summary struct {
 
 // Stats counts a campaign's outbound messages by status. Every field is always
 // present in JSON and Pending+Sending+Sent+Failed+Cancelled == Total.
+// Cancelled includes the recipients of an audience send cancelled before
+// their messages were created (see Repo.Stats).
 type Stats struct {
 	Total     int64 `json:"total"`
 	Pending   int64 `json:"pending"`
@@ -152,9 +155,12 @@ type Templater interface {
 	// template, already lists unknown placeholders.
 	Check(tmpl string) error
 	// Render fills tmpl's placeholders from fields keyed "first_name",
-	// "last_name", "location", "preferred_product" and "phone"; a missing or
-	// empty field renders as "". It fails exactly when Check does.
-	Render(tmpl string, fields map[string]string) (string, error)
+	// "last_name", "location", "preferred_product" and "phone", exactly as
+	// delivery on channel would; a missing or empty field renders as "". It
+	// fails exactly when Check does. warnings say why delivery would refuse
+	// the message (it is longer than the channel takes), for the person
+	// editing the template.
+	Render(channel, tmpl string, fields map[string]string) (msg string, warnings []string, err error)
 }
 
 // Contact is the customer data a preview shows and renders from.
@@ -210,11 +216,14 @@ type PreviewInput struct {
 }
 
 // Preview is a template rendered for one customer, exactly as the worker
-// would render it.
+// would render it. Warnings (never null) say why delivery would fail the
+// message, such as "rendered message is 2,100 characters; sms allows
+// 1,600".
 type Preview struct {
-	RenderedMessage string  `json:"rendered_message"`
-	UsedTemplate    string  `json:"used_template"`
-	Customer        Contact `json:"customer"`
+	RenderedMessage string   `json:"rendered_message"`
+	UsedTemplate    string   `json:"used_template"`
+	Customer        Contact  `json:"customer"`
+	Warnings        []string `json:"warnings"`
 }
 
 // validateCreate checks in and returns the campaign to store, with the status
@@ -260,18 +269,15 @@ func optionalAudience(ids []int64, a *Audience) (*Audience, error) {
 }
 
 // validateName returns name without surrounding whitespace, which is what is
-// stored: it must then hold 1 to MaxNameLen characters. Characters are counted
-// as Unicode code points, as PostgreSQL's char_length does, so an emoji is one.
+// stored: it must then be one line of 1 to MaxNameLen characters by the
+// service's text rule (text.Line: no control characters or bidirectional
+// overrides, which would let a name display as another). Characters are
+// counted as Unicode code points, as PostgreSQL's char_length does, so an
+// emoji is one.
 func validateName(name string) (string, error) {
-	if err := checkText("name", name); err != nil {
-		return "", err
-	}
 	name = strings.TrimSpace(name)
-	if name == "" {
-		return "", errs.Validation("name", "name is required and must not be blank")
-	}
-	if n := utf8.RuneCountInString(name); n > MaxNameLen {
-		return "", errs.Validation("name", "name must be at most %d characters, got %d", MaxNameLen, n)
+	if err := text.Line("name", name, 1, MaxNameLen); err != nil {
+		return "", err
 	}
 	return name, nil
 }
@@ -281,30 +287,14 @@ func validateName(name string) (string, error) {
 // accepted by check. The template is stored as given, whitespace included,
 // because the message is sent as written.
 func validateTemplate(field, tmpl string, check func(string) error) error {
-	if err := checkText(field, tmpl); err != nil {
+	if err := text.Multiline(field, tmpl, 1, MaxTemplateLen); err != nil {
 		return err
 	}
 	if strings.TrimSpace(tmpl) == "" {
 		return errs.Validation(field, "%s is required and must not be blank", field)
 	}
-	if n := utf8.RuneCountInString(tmpl); n > MaxTemplateLen {
-		return errs.Validation(field, "%s must be at most %d characters, got %d", field, MaxTemplateLen, n)
-	}
 	if err := check(tmpl); err != nil {
 		return errs.Validation(field, "%s is invalid: %s", field, err.Error()).WithDetail("problem", err.Error())
-	}
-	return nil
-}
-
-// checkText rejects text PostgreSQL cannot store in a text column (invalid
-// UTF-8, NUL), which would otherwise surface as a 500 from the insert. JSON
-// decoding already replaces invalid UTF-8, so this guards other callers.
-func checkText(field, s string) error {
-	if !utf8.ValidString(s) {
-		return errs.Validation(field, "%s must be valid UTF-8", field)
-	}
-	if strings.IndexByte(s, 0) >= 0 {
-		return errs.Validation(field, "%s must not contain the NUL character", field)
 	}
 	return nil
 }
@@ -314,7 +304,7 @@ func checkText(field, s string) error {
 func parseChannel(field, s string) (Channel, error) {
 	c := Channel(s)
 	if !c.Valid() {
-		return "", errs.Validation(field, "%s must be %q or %q, got %q", field, ChannelSMS, ChannelWhatsApp, s)
+		return "", errs.Validation(field, "%s must be %q or %q, got %s", field, ChannelSMS, ChannelWhatsApp, errs.Quote(s))
 	}
 	return c, nil
 }
@@ -323,7 +313,7 @@ func parseChannel(field, s string) (Channel, error) {
 func parseStatus(field, s string) (Status, error) {
 	st := Status(s)
 	if !st.Valid() {
-		return "", errs.Validation(field, "%s must be one of draft, scheduled, sending, sent, failed, got %q", field, s)
+		return "", errs.Validation(field, "%s must be one of %s, got %s", field, joinStatuses(statuses), errs.Quote(s))
 	}
 	return st, nil
 }
@@ -339,7 +329,7 @@ func parseSchedule(raw *string, now time.Time) (*time.Time, Status, error) {
 	t, err := time.Parse(time.RFC3339, *raw)
 	if err != nil {
 		return nil, "", errs.Validation("scheduled_at",
-			"scheduled_at must be an RFC 3339 time such as 2030-01-02T15:04:05Z, got %q", *raw)
+			"scheduled_at must be an RFC 3339 time such as 2030-01-02T15:04:05Z, got %s", errs.Quote(*raw))
 	}
 	if !t.After(now) {
 		return nil, "", errs.Validation("scheduled_at", "scheduled_at must be in the future, got %s (now %s)",

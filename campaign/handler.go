@@ -58,12 +58,17 @@ func (h *Handler) update(c echo.Context) error {
 }
 
 // action serves the bodiless lifecycle routes (pause, resume, cancel,
-// retry-failed): 200 with the campaign's new status. A body, if sent, is
-// ignored.
+// retry-failed): 200 with the campaign's new status. They take no body, or
+// an empty JSON object; anything else, and any content type but JSON, is
+// refused before the action runs, so that an HTML form on another site
+// cannot make a browser post one.
 func (h *Handler) action(do func(ctx context.Context, id int64) (ActionResult, error)) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		id, err := httpx.PathID(c, "id")
 		if err != nil {
+			return err
+		}
+		if err := httpx.BindEmptyJSON(c); err != nil {
 			return err
 		}
 		res, err := do(c.Request().Context(), id)
@@ -117,7 +122,10 @@ func (h *Handler) create(c echo.Context) error {
 
 // list serves GET /campaigns?page=&page_size=&cursor=&channel=&status=.
 func (h *Handler) list(c echo.Context) error {
-	q := c.QueryParams()
+	q, err := httpx.Query(c)
+	if err != nil {
+		return err
+	}
 	f, err := parseFilter(q.Get("channel"), q.Get("status"))
 	if err != nil {
 		return err

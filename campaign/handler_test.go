@@ -568,18 +568,18 @@ func TestPreview(t *testing.T) {
 		want Preview
 	}{
 		{name: "customer 1", body: `{"customer_id":1}`, want: Preview{
-			RenderedMessage: "Hi Alice Smith, espresso in Lisbon!", UsedTemplate: c.BaseTemplate, Customer: testCustomers[1]}},
+			RenderedMessage: "Hi Alice Smith, espresso in Lisbon!", UsedTemplate: c.BaseTemplate, Customer: testCustomers[1], Warnings: []string{}}},
 		{name: "empty fields render empty", body: `{"customer_id":2}`, want: Preview{
-			RenderedMessage: "Hi Bob , green tea in !", UsedTemplate: c.BaseTemplate, Customer: testCustomers[2]}},
+			RenderedMessage: "Hi Bob , green tea in !", UsedTemplate: c.BaseTemplate, Customer: testCustomers[2], Warnings: []string{}}},
 		{name: "unicode customer", body: `{"customer_id":3}`, want: Preview{
-			RenderedMessage: "Hi Zoë 🌟 Ōtsuka, 抹茶 in 東京!", UsedTemplate: c.BaseTemplate, Customer: testCustomers[3]}},
+			RenderedMessage: "Hi Zoë 🌟 Ōtsuka, 抹茶 in 東京!", UsedTemplate: c.BaseTemplate, Customer: testCustomers[3], Warnings: []string{}}},
 		{name: "override", body: `{"customer_id":1,"override_template":"{first_name}, call {phone} 📞 {{VIP}}"}`, want: Preview{
 			RenderedMessage: "Alice, call +351912345678 📞 {VIP}", UsedTemplate: "{first_name}, call {phone} 📞 {{VIP}}",
-			Customer: testCustomers[1]}},
+			Customer: testCustomers[1], Warnings: []string{}}},
 		{name: "override with empty last name", body: `{"customer_id":2,"override_template":"Hi {first_name} {last_name}"}`,
-			want: Preview{RenderedMessage: "Hi Bob ", UsedTemplate: "Hi {first_name} {last_name}", Customer: testCustomers[2]}},
+			want: Preview{RenderedMessage: "Hi Bob ", UsedTemplate: "Hi {first_name} {last_name}", Customer: testCustomers[2], Warnings: []string{}}},
 		{name: "null override uses base", body: `{"customer_id":1,"override_template":null}`, want: Preview{
-			RenderedMessage: "Hi Alice Smith, espresso in Lisbon!", UsedTemplate: c.BaseTemplate, Customer: testCustomers[1]}},
+			RenderedMessage: "Hi Alice Smith, espresso in Lisbon!", UsedTemplate: c.BaseTemplate, Customer: testCustomers[1], Warnings: []string{}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -594,7 +594,7 @@ func TestPreview(t *testing.T) {
 	t.Run("wire shape", func(t *testing.T) {
 		t.Parallel()
 		raw := decodeJSON[map[string]any](t, te.do(http.MethodPost, target, `{"customer_id":2}`), http.StatusOK)
-		if diff := cmp.Diff([]string{"customer", "rendered_message", "used_template"}, keys(raw)); diff != "" {
+		if diff := cmp.Diff([]string{"customer", "rendered_message", "used_template", "warnings"}, keys(raw)); diff != "" {
 			t.Errorf("keys (-want +got):\n%s", diff)
 		}
 		cust, _ := raw["customer"].(map[string]any)

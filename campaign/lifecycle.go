@@ -1,7 +1,6 @@
 package campaign
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -12,6 +11,7 @@ import (
 	"github.com/jmoiron/sqlx"
 
 	"github.com/campaignd/dispatch/platform/errs"
+	"github.com/campaignd/dispatch/platform/httpx"
 	"github.com/campaignd/dispatch/platform/postgres"
 )
 
@@ -173,6 +173,8 @@ type UpdateInput map[string]json.RawMessage
 // Update edits a draft or scheduled campaign: name, base_template,
 // scheduled_at (a future time makes it scheduled, null makes it draft) and
 // audience (or customer_ids; null clears). Other statuses: CAMPAIGN_NOT_EDITABLE.
+// New customer_ids that name no customer are UNKNOWN_CUSTOMERS, as at a send,
+// and nothing changes.
 func (s *Service) Update(ctx context.Context, id int64, in UpdateInput) (Campaign, error) {
 	if len(in) == 0 {
 		return Campaign{}, errs.Validation("body", "nothing to change: give name, base_template, scheduled_at or audience")
@@ -185,6 +187,13 @@ func (s *Service) Update(ctx context.Context, id int64, in UpdateInput) (Campaig
 		}
 		if err := applyUpdate(&c, in, s.now(), s.tpl.Check); err != nil {
 			return err
+		}
+		_, audience := in["audience"]
+		_, ids := in["customer_ids"]
+		if audience || ids {
+			if err := s.checkAudience(ctx, c.Audience); err != nil {
+				return err
+			}
 		}
 		out, err = s.repo.update(ctx, tx, c)
 		return err
@@ -235,8 +244,8 @@ func applyUpdate(c *Campaign, in UpdateInput, now time.Time, check func(string) 
 			var err error
 			if key == "audience" {
 				var v Audience
-				if err := strictUnmarshal(raw, &v); err != nil {
-					return errs.InvalidJSON("field %q must be an audience object: %v", key, err).WithDetail("field", key)
+				if err := httpx.DecodeJSON(raw, &v); err != nil {
+					return audienceJSONError(err)
 				}
 				a, err = optionalAudience(nil, &v)
 			} else {
@@ -251,8 +260,8 @@ func applyUpdate(c *Campaign, in UpdateInput, now time.Time, check func(string) 
 			}
 			c.Audience = a
 		default:
-			return errs.InvalidJSON("unknown field %q; editable: name, base_template, scheduled_at, audience, customer_ids", key).
-				WithDetail("field", key)
+			return errs.InvalidJSON("unknown field %s; editable: name, base_template, scheduled_at, audience, customer_ids", errs.Quote(key)).
+				WithDetail("field", errs.Clip(key))
 		}
 	}
 	if _, both := in["audience"]; both {
@@ -263,10 +272,18 @@ func applyUpdate(c *Campaign, in UpdateInput, now time.Time, check func(string) 
 	return nil
 }
 
-func strictUnmarshal(raw []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	return dec.Decode(v)
+// audienceJSONError places httpx.DecodeJSON's error about the audience
+// field at it ("audience.location").
+func audienceJSONError(err error) error {
+	e := errs.InvalidJSON("field \"audience\" must be an audience object").WithDetail("field", "audience")
+	var de *errs.Error
+	if errors.As(err, &de) {
+		e = errs.InvalidJSON("field \"audience\" must be an audience object: %s", de.Message).WithDetail("field", "audience")
+		if f, ok := de.Details["field"].(string); ok {
+			e = e.WithDetail("field", "audience."+f)
+		}
+	}
+	return e
 }
 
 func (r *Repo) update(ctx context.Context, tx *sqlx.Tx, c Campaign) (Campaign, error) {

@@ -118,11 +118,20 @@ func (r *Repo) List(ctx context.Context, q ListQuery) (items []Summary, total in
 // statsSQL reads outbound_messages, which the messaging feature owns and
 // writes; campaign only reads it, to report progress without a call into
 // another feature. The (campaign_id, status) index serves it.
+//
+// The second part adds the recipients of an audience send that was cancelled
+// before their messages were created (messaging's dispatch_batches, indexed
+// by campaign): the send counted them, so the stats count them, cancelled.
 const statsSQL = `
 SELECT status, count(*)
 FROM outbound_messages
 WHERE campaign_id = $1
-GROUP BY status`
+GROUP BY status
+UNION ALL
+SELECT 'cancelled', sum(cancelled_unmaterialised)::bigint
+FROM dispatch_batches
+WHERE campaign_id = $1
+HAVING sum(cancelled_unmaterialised) > 0`
 
 // Stats counts campaign id's messages by status. A campaign with no messages,
 // or no campaign at all, has zero counts: callers check existence first.
@@ -149,7 +158,7 @@ func (r *Repo) Stats(ctx context.Context, id int64) (Stats, error) {
 		case "failed":
 			s.Failed = n
 		case "cancelled":
-			s.Cancelled = n
+			s.Cancelled += n
 		}
 	}
 	if err := rows.Err(); err != nil {

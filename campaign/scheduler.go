@@ -10,6 +10,7 @@ import (
 	"github.com/jmoiron/sqlx"
 
 	"github.com/campaignd/dispatch/platform/errs"
+	"github.com/campaignd/dispatch/platform/loop"
 	"github.com/campaignd/dispatch/platform/postgres"
 )
 
@@ -102,18 +103,12 @@ WHERE id = $1 AND status = 'scheduled'`, id, reason)
 	return postgres.Classify(err, fmt.Sprintf("fail campaign %d", id))
 }
 
-// RunScheduler dispatches due campaigns every interval until ctx ends.
+// RunScheduler dispatches due campaigns at once and then every interval
+// until ctx ends, backing off while PostgreSQL is down (loop.Every). It
+// returns when ctx ends.
 func (s *Service) RunScheduler(ctx context.Context, interval, maxLateness time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		if _, err := s.DispatchDue(ctx, maxLateness); err != nil && ctx.Err() == nil {
-			s.log.Warn("scheduler failed; will retry", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
+	loop.Every(ctx, interval, "scheduler", s.log, func(ctx context.Context) error {
+		_, err := s.DispatchDue(ctx, maxLateness)
+		return err
+	})
 }

@@ -17,7 +17,9 @@ import (
 	"github.com/jmoiron/sqlx"
 
 	"github.com/campaignd/dispatch/platform/errs"
+	"github.com/campaignd/dispatch/platform/loop"
 	"github.com/campaignd/dispatch/platform/postgres"
+	"github.com/campaignd/dispatch/platform/text"
 )
 
 // MaxSendIDs caps customer_ids in one send request (about 1 MB of JSON).
@@ -33,16 +35,20 @@ var ErrIdempotencyKeyReused = errs.New(errs.KindConflict, "IDEMPOTENCY_KEY_REUSE
 // Dispatcher creates and queues messages; the messaging feature implements
 // it (through an adapter in app). The methods that take a tx run inside the
 // campaign's own transaction, so the messages and the campaign's status
-// change commit together; each records a dispatch batch that Enqueue marks
-// pushed, so work whose push never happened (crash, Redis down) is pushed by
-// the sweeper. Enqueue runs after commit and streams the campaign's active
-// message ids to the queue with bounded memory; a failure there loses
-// nothing, so callers report success regardless.
+// change commit together. Nothing is pushed in the request: Enqueue runs
+// after commit and wakes messaging's feeder, which queues the campaign's
+// pending messages in turn with the other sending campaigns; a failure there
+// loses nothing (the messages are pending, the feeder finds them), so
+// callers report success regardless.
 type Dispatcher interface {
 	// CreateMessages inserts one pending message per customer of a who has
 	// not opted out of channel. It returns an UNKNOWN_CUSTOMERS error when
 	// ids in a do not exist.
 	CreateMessages(ctx context.Context, tx *sqlx.Tx, campaignID int64, channel Channel, a Audience) (Created, error)
+	// CheckCustomers makes CreateMessages' check of customer ids on their
+	// own, for an audience stored to be sent later: an UNKNOWN_CUSTOMERS
+	// error listing the ids that name no customer, or nil.
+	CheckCustomers(ctx context.Context, ids []int64) error
 	// CancelPending marks the campaign's pending messages cancelled.
 	CancelPending(ctx context.Context, tx *sqlx.Tx, campaignID int64) (int64, error)
 	// ResetFailed gives the campaign's failed messages fresh attempts
@@ -50,9 +56,8 @@ type Dispatcher interface {
 	ResetFailed(ctx context.Context, tx *sqlx.Tx, campaignID int64) (batchID int64, ids []int64, err error)
 	// MarkForPush records that the campaign's active messages need pushing.
 	MarkForPush(ctx context.Context, tx *sqlx.Tx, campaignID int64) (batchID int64, err error)
-	// Enqueue removes forgetDead from the dead-letter list, pushes
-	// messageIDs (nil: the campaign's active messages) and marks the batch
-	// pushed.
+	// Enqueue removes forgetDead from the dead-letter list and asks for the
+	// campaign's pending messages to be queued.
 	Enqueue(ctx context.Context, campaignID, batchID int64, messageIDs, forgetDead []int64) error
 }
 
@@ -170,13 +175,13 @@ func (s *Service) dispatch(ctx context.Context, tx *sqlx.Tx, c Campaign, a Audie
 	return created, nil
 }
 
-// enqueue pushes after commit; a failure is logged, not returned: the
-// messages are stored and the sweeper pushes the unpushed batch.
+// enqueue asks for the messages to be queued after commit; a failure is
+// logged, not returned: the messages are stored and the feeder queues them.
 func (s *Service) enqueue(ctx context.Context, id, batchID int64, messageIDs, forgetDead []int64) {
 	// The push should finish even if the client hangs up now.
 	ctx = context.WithoutCancel(ctx)
 	if err := s.dispatcher.Enqueue(ctx, id, batchID, messageIDs, forgetDead); err != nil {
-		s.log.WarnContext(ctx, "committed but the queue push failed; the sweeper will queue the messages",
+		s.log.WarnContext(ctx, "committed, but the dead-letter list could not be updated; the messages are queued anyway",
 			"campaign_id", id, "batch_id", batchID, "err", err)
 	}
 }
@@ -206,8 +211,11 @@ func validateSendIDs(ids []int64) ([]int64, int, error) {
 }
 
 func validateIdempotencyKey(key string) error {
-	if len(key) > 200 {
-		return errs.Validation("Idempotency-Key", "the Idempotency-Key header is longer than 200 characters")
+	// The service's text rule first: a header may carry any byte, and
+	// invalid UTF-8 cannot be stored (range below would see it as U+FFFD,
+	// which is printable).
+	if err := text.Line("Idempotency-Key", key, 0, 200); err != nil {
+		return err
 	}
 	for _, r := range key {
 		if !unicode.IsPrint(r) {
@@ -315,31 +323,28 @@ func (r *Repo) ExpireIdempotencyKeys(ctx context.Context) (int64, error) {
 }
 
 // RunFinisher completes finished campaigns every interval until ctx ends,
-// and drops expired idempotency keys once an hour.
+// and drops expired idempotency keys once an hour, backing off while
+// PostgreSQL is down (loop.Every). It returns when ctx ends.
 func (s *Service) RunFinisher(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
 	lastExpire := time.Time{}
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	loop.Every(ctx, interval, "finisher", s.log, func(ctx context.Context) error {
 		done, err := s.repo.Finish(ctx)
-		if err != nil && ctx.Err() == nil {
-			s.log.Warn("finishing campaigns failed", "err", err)
-		}
 		for _, f := range done {
 			s.log.Info("campaign finished", "campaign_id", f.ID, "status", f.Status)
 		}
+		if err != nil {
+			return fmt.Errorf("finish campaigns: %w", err)
+		}
 		if time.Since(lastExpire) > time.Hour {
-			lastExpire = time.Now()
-			if n, err := s.repo.ExpireIdempotencyKeys(ctx); err != nil && ctx.Err() == nil {
-				s.log.Warn("expiring idempotency keys failed", "err", err)
-			} else if n > 0 {
+			lastExpire = time.Now() // a failure waits for the next hour too
+			n, err := s.repo.ExpireIdempotencyKeys(ctx)
+			if err != nil {
+				return fmt.Errorf("expire idempotency keys: %w", err)
+			}
+			if n > 0 {
 				s.log.Info("expired idempotency keys", "count", n)
 			}
 		}
-	}
+		return nil
+	})
 }

@@ -34,13 +34,29 @@ func NewService(repo *Repo, tpl Templater, customers CustomerFinder, now func() 
 
 // Create validates in and stores the campaign: status scheduled when
 // scheduled_at is in the future, draft when it is absent. The name is stored
-// without surrounding whitespace; the template exactly as given.
+// without surrounding whitespace; the template exactly as given. customer_ids
+// that name no customer are UNKNOWN_CUSTOMERS, as at a send, and nothing is
+// stored.
 func (s *Service) Create(ctx context.Context, in CreateInput) (Campaign, error) {
 	c, err := validateCreate(in, s.now(), s.tpl.Check)
 	if err != nil {
 		return Campaign{}, err
 	}
+	if err := s.checkAudience(ctx, c.Audience); err != nil {
+		return Campaign{}, err
+	}
 	return s.repo.Create(ctx, c)
+}
+
+// checkAudience makes the send's check of the customer ids of an audience
+// stored with a campaign, so that a scheduled campaign is refused at once
+// rather than failing when it comes due. Without a dispatcher no campaign
+// can be sent, and there is nothing to check with.
+func (s *Service) checkAudience(ctx context.Context, a *Audience) error {
+	if a == nil || len(a.CustomerIDs) == 0 || s.dispatcher == nil {
+		return nil
+	}
+	return s.dispatcher.CheckCustomers(ctx, a.CustomerIDs)
 }
 
 // Get returns campaign id with its message counts, or ErrNotFound.
@@ -94,9 +110,12 @@ func (s *Service) Preview(ctx context.Context, id int64, in PreviewInput) (Previ
 	// Both templates passed Check (the base one when it was stored), and
 	// Render fails exactly when Check does, so an error here is a bug or a
 	// change of template rules, reported as an internal error.
-	msg, err := s.tpl.Render(tmpl, contact.fields())
+	msg, warnings, err := s.tpl.Render(string(c.Channel), tmpl, contact.fields())
 	if err != nil {
 		return Preview{}, fmt.Errorf("preview campaign %d: render: %w", id, err)
 	}
-	return Preview{RenderedMessage: msg, UsedTemplate: tmpl, Customer: contact}, nil
+	if warnings == nil {
+		warnings = []string{}
+	}
+	return Preview{RenderedMessage: msg, UsedTemplate: tmpl, Customer: contact, Warnings: warnings}, nil
 }
