@@ -117,7 +117,6 @@ func baseCrashVars() map[string]string {
 		"WORKER_HEARTBEAT_INTERVAL": "300ms",
 		"WORKER_CONSUMER_TTL":       crashConsumerTTL.String(),
 		"SWEEPER_INTERVAL":          "300ms",
-		"SWEEPER_UNPUSHED_AFTER":    "1s",
 		"SWEEPER_FINISH_INTERVAL":   "200ms",
 		"WORKER_DRAIN_TIMEOUT":      crashDrainTimeout.String(),
 	}

@@ -72,8 +72,12 @@ func TestCrashRedisFlushMidRun(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 
-	lines := regexp.MustCompile(`"msg":"queue \(re\)built from postgres[^}]*"messages":(\d+)`).FindAllStringSubmatch(p.out.String(), -1)
-	e.event("sweeper rebuilt the queue from PostgreSQL after the flush: %s active messages pushed again", lines[len(lines)-1][1])
+	lines := regexp.MustCompile(`"msg":"queue \(re\)built from postgres[^}]*"pending_to_feed":(\d+),"sending_pushed":(\d+)`).FindAllStringSubmatch(p.out.String(), -1)
+	if len(lines) == 0 {
+		t.Fatalf("the rebuild line does not say what it did: %s", tail(p.out.String(), 2000))
+	}
+	last := lines[len(lines)-1]
+	e.event("sweeper rebuilt the queue from PostgreSQL after the flush: %s pending messages marked for the feeder, %s being delivered pushed again", last[1], last[2])
 
 	final := e.waitAllFinal(p)
 	e.verifyExactlyOnce(final)

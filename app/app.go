@@ -28,11 +28,12 @@ import (
 	"github.com/campaignd/dispatch/platform/auth"
 	"github.com/campaignd/dispatch/platform/metrics"
 	"github.com/campaignd/dispatch/platform/postgres"
+	"github.com/campaignd/dispatch/platform/redisx"
 )
 
 // App is one running replica: the HTTP API (unless disabled), the worker
 // pool (unless its concurrency is 0) and the background loops, sharing one
-// PostgreSQL pool and one Redis client.
+// PostgreSQL pool and one Redis client (the probes have their own).
 type App struct {
 	cfg      Config
 	log      *slog.Logger
@@ -40,6 +41,13 @@ type App struct {
 	rdb      *redis.Client
 	server   *http.Server
 	listener net.Listener
+
+	// probeDB and probeRdb serve only the probes: a few connections of
+	// their own, so that /health and /readyz answer within their budget
+	// while API traffic holds every connection of db and rdb.
+	probeDB    *sqlx.DB
+	probeRdb   *redis.Client
+	probeQueue *messaging.RedisQueue // the queue's depths for /health, read through probeRdb
 
 	migrator *goose.Provider // readiness: are all migrations applied?
 	authn    *auth.Authenticator
@@ -98,13 +106,21 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error) 
 		}
 	}
 
-	a.rdb, err = openRedis(ctx, cfg, log)
+	// go-redis logs by itself (failed dials, dropped connections) to stderr
+	// in plain text; send it through slog. Its logger is global to the
+	// process: the last App built sets it for every client.
+	redisx.SetLogger(log.With("component", "redis"))
+	a.rdb, err = openRedis(ctx, cfg, log, redisx.Options{})
 	if err != nil {
 		return nil, err
 	}
+	if err := a.openProbeClients(ctx); err != nil {
+		return nil, err
+	}
+	a.checkConnectionBudget(ctx)
 
 	a.wire()
-	if a.migrator, err = migrations.Provider(a.db.DB); err != nil {
+	if a.migrator, err = migrations.Provider(a.probeDB.DB); err != nil {
 		return nil, err
 	}
 	if cfg.BootstrapAPIKey != "" {
@@ -157,12 +173,14 @@ func (a *App) wire() {
 		ReapInterval:    cfg.Worker.HeartbeatInterval,
 		ConsumerTTL:     cfg.Worker.ConsumerTTL,
 		SweepInterval:   cfg.Sweeper.Interval,
-		UnpushedAfter:   cfg.Sweeper.UnpushedAfter,
 		StaleAfter:      cfg.Sweeper.StaleAfter,
+		FeedFloor:       2*cfg.WorkerConcurrency + cfg.Worker.BatchSize,
 	}, a.log.With("component", "sweeper"))
 	a.metrics = a.newMetrics()
 
-	a.campaigns = campaign.NewService(campaign.NewRepo(a.db), messaging.Templates{}, contactFinder{a.customers}, nil).
+	// The preview and the workers enforce the same limits.
+	limits := messaging.Limits{SMS: cfg.Limits.SMSMaxChars, WhatsApp: cfg.Limits.WhatsAppMaxChars}
+	a.campaigns = campaign.NewService(campaign.NewRepo(a.db), messaging.Templates{Limits: limits}, contactFinder{a.customers}, nil).
 		WithDispatch(dispatcher{a.messaging}, a.log.With("component", "campaign"))
 
 	if cfg.WorkerConcurrency > 0 {
@@ -186,8 +204,10 @@ func (a *App) wire() {
 			Lease:             cfg.Worker.Lease,
 			HeartbeatInterval: cfg.Worker.HeartbeatInterval,
 			DrainTimeout:      cfg.Worker.DrainTimeout,
+			Starved:           a.messaging.WakeFeeder,
 			Provider:          sender.Name(),
 			Observer:          a.metrics,
+			Limits:            limits,
 		}, queue, msgRepo, sender, messaging.RetryPolicy{
 			MaxAttempts: cfg.MaxRetryCount,
 			Base:        cfg.RetryBackoffBase,
@@ -205,7 +225,7 @@ func (a *App) Addr() string { return a.listener.Addr().String() }
 //     requests (api.shutdown_timeout), while, at the same time, the worker
 //     pool stops taking jobs and finishes in-flight deliveries
 //     (worker.drain_timeout), recording every outcome;
-//  2. the background loops (sweeper, promoter, reaper, materialiser, finisher, scheduler) stop;
+//  2. the background loops (feeder, sweeper, promoter, reaper, materialiser, finisher, scheduler) stop;
 //  3. Close (called by the owner) closes Redis, then PostgreSQL.
 //
 // It returns nil after a clean shutdown.
@@ -227,6 +247,7 @@ func (a *App) Run(ctx context.Context) error {
 	defer stopLoops()
 	var loops sync.WaitGroup
 	loops.Go(func() { a.messaging.RunMaintenance(loopCtx) })                            // returns when loopCtx ends
+	loops.Go(func() { a.messaging.RunFeeder(loopCtx) })                                 // returns when loopCtx ends
 	loops.Go(func() { a.messaging.RunMaterializer(loopCtx, a.cfg.Sweeper.Interval) })   // returns when loopCtx ends
 	loops.Go(func() { a.campaigns.RunFinisher(loopCtx, a.cfg.Sweeper.FinishInterval) }) // returns when loopCtx ends
 	loops.Go(func() {                                                                   // returns when loopCtx ends
@@ -270,6 +291,16 @@ func (a *App) Run(ctx context.Context) error {
 func (a *App) Close() {
 	if a.listener != nil {
 		a.listener.Close() // already closed if Run served on it: the error says so
+	}
+	if a.probeRdb != nil {
+		if err := a.probeRdb.Close(); err != nil {
+			a.log.Warn("close the probes' redis client", "err", err)
+		}
+	}
+	if a.probeDB != nil {
+		if err := a.probeDB.Close(); err != nil {
+			a.log.Warn("close the probes' postgres pool", "err", err)
+		}
 	}
 	if a.rdb != nil {
 		if err := a.rdb.Close(); err != nil {

@@ -9,10 +9,10 @@ package app
 //   - accept_ms: POST /campaigns/{id}/send {"audience":{"all":true}} until
 //     its 202, over HTTP;
 //   - materialised_s: from the same start until the audience is fully
-//     materialised: no dispatch batch of the campaign has a filter left,
-//     the campaign has 1,000,000 messages, and the queue list holds
-//     1,000,000 more ids than before the send (exactly: a duplicate push is
-//     an error);
+//     materialised: no dispatch batch of the campaign has a filter left and
+//     the campaign has 1,000,000 messages;
+//   - ready_peak: the ready list's longest length meanwhile: the feeder
+//     queues a bounded amount, not the million (nothing drains it here);
 //   - msgs: messages created;
 //   - peak_rss_MB: this process's (app plus client) peak RSS during the run
 //     (VmHWM, reset just before the send where the kernel allows it).
@@ -68,6 +68,7 @@ FROM generate_series(1, $1) AS g`, n); err != nil {
 
 	var accept, materialised time.Duration
 	var peak float64
+	var readyPeak int64
 	b.ResetTimer()
 	for range b.N {
 		b.StopTimer()
@@ -105,8 +106,8 @@ FROM generate_series(1, $1) AS g`, n); err != nil {
 			b.Fatalf("send: %s (%v), want %d queued", raw, err, n)
 		}
 
-		// Cheap probes first (an index probe, LLEN); the messages are
-		// counted once the others agree.
+		// A cheap probe (an index probe) while it runs; the messages are
+		// counted at the end.
 		deadline := start.Add(15 * time.Minute)
 		for {
 			if time.Now().After(deadline) {
@@ -121,7 +122,8 @@ FROM generate_series(1, $1) AS g`, n); err != nil {
 			if err != nil {
 				b.Fatal(err)
 			}
-			if left == 0 && queued-base >= n {
+			readyPeak = max(readyPeak, queued-base)
+			if left == 0 {
 				break
 			}
 			time.Sleep(20 * time.Millisecond)
@@ -137,8 +139,8 @@ FROM generate_series(1, $1) AS g`, n); err != nil {
 		if msgs != n {
 			b.Errorf("campaign %d: %d messages, want %d", c.ID, msgs, n)
 		}
-		if queued, err := rdb.LLen(ctx, queueKey).Result(); err != nil || queued-base != n {
-			b.Errorf("queue grew by %d ids (%v), want exactly %d: ids were pushed twice", queued-base, err, n)
+		if readyPeak > 25_000 {
+			b.Errorf("the ready list grew to %d ids: the feeder should keep it near its target", readyPeak)
 		}
 		b.StartTimer()
 	}
@@ -147,4 +149,5 @@ FROM generate_series(1, $1) AS g`, n); err != nil {
 	b.ReportMetric(materialised.Seconds()/float64(b.N), "materialised_s")
 	b.ReportMetric(n, "msgs")
 	b.ReportMetric(peak, "peak_rss_MB")
+	b.ReportMetric(float64(readyPeak), "ready_peak")
 }

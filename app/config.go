@@ -50,15 +50,16 @@ type Config struct {
 		Name string `mapstructure:"name"`
 	} `mapstructure:"queue"`
 	API struct {
-		Enabled         bool          `mapstructure:"enabled"`
-		Port            int           `mapstructure:"port"`
-		BodyLimit       string        `mapstructure:"body_limit"`
-		ImportBodyLimit string        `mapstructure:"import_body_limit"`
-		ImportMaxRows   int           `mapstructure:"import_max_rows"`
-		ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
-		RateLimit       int           `mapstructure:"rate_limit"`
-		RateBurst       int           `mapstructure:"rate_burst"`
-		TrustedProxies  string        `mapstructure:"trusted_proxies"`
+		Enabled           bool          `mapstructure:"enabled"`
+		Port              int           `mapstructure:"port"`
+		BodyLimit         string        `mapstructure:"body_limit"`
+		ImportBodyLimit   string        `mapstructure:"import_body_limit"`
+		ImportMaxRows     int           `mapstructure:"import_max_rows"`
+		ImportConcurrency int           `mapstructure:"import_concurrency"`
+		ShutdownTimeout   time.Duration `mapstructure:"shutdown_timeout"`
+		RateLimit         int           `mapstructure:"rate_limit"`
+		RateBurst         int           `mapstructure:"rate_burst"`
+		TrustedProxies    string        `mapstructure:"trusted_proxies"`
 	} `mapstructure:"api"`
 	Auth struct {
 		Disabled bool          `mapstructure:"disabled"`
@@ -68,6 +69,10 @@ type Config struct {
 	Customers       struct {
 		DefaultRegion string `mapstructure:"default_region"`
 	} `mapstructure:"customers"`
+	Limits struct {
+		SMSMaxChars      int `mapstructure:"sms_max_chars"`
+		WhatsAppMaxChars int `mapstructure:"whatsapp_max_chars"`
+	} `mapstructure:"limits"`
 	WorkerConcurrency int           `mapstructure:"worker_concurrency"`
 	MaxRetryCount     int           `mapstructure:"max_retry_count"`
 	RetryBackoffBase  time.Duration `mapstructure:"retry_backoff_base"`
@@ -83,7 +88,6 @@ type Config struct {
 	Sweeper struct {
 		Interval        time.Duration `mapstructure:"interval"`
 		PromoteInterval time.Duration `mapstructure:"promote_interval"`
-		UnpushedAfter   time.Duration `mapstructure:"unpushed_after"`
 		StaleAfter      time.Duration `mapstructure:"stale_after"`
 		FinishInterval  time.Duration `mapstructure:"finish_interval"`
 	} `mapstructure:"sweeper"`
@@ -213,6 +217,9 @@ func (c Config) Validate() error {
 	if c.API.ImportMaxRows < 1 {
 		bad("api.import_max_rows (API_IMPORT_MAX_ROWS) must be at least 1")
 	}
+	if c.API.ImportConcurrency < 1 {
+		bad("api.import_concurrency (API_IMPORT_CONCURRENCY) must be at least 1, got %d", c.API.ImportConcurrency)
+	}
 	if c.API.ShutdownTimeout <= 0 {
 		bad("api.shutdown_timeout (API_SHUTDOWN_TIMEOUT) must be positive")
 	}
@@ -235,6 +242,12 @@ func (c Config) Validate() error {
 	}
 	if !customer.ValidRegion(c.Customers.DefaultRegion) {
 		bad("customers.default_region (CUSTOMERS_DEFAULT_REGION) must be a two-letter country code with a phone plan, such as US or KE; got %q", c.Customers.DefaultRegion)
+	}
+	if c.Limits.SMSMaxChars < 1 {
+		bad("limits.sms_max_chars (LIMITS_SMS_MAX_CHARS) must be at least 1, got %d", c.Limits.SMSMaxChars)
+	}
+	if c.Limits.WhatsAppMaxChars < 1 {
+		bad("limits.whatsapp_max_chars (LIMITS_WHATSAPP_MAX_CHARS) must be at least 1, got %d", c.Limits.WhatsAppMaxChars)
 	}
 	if c.WorkerConcurrency < 0 || c.WorkerConcurrency > 10000 {
 		bad("worker_concurrency (WORKER_CONCURRENCY) must be from 0 to 10000, got %d", c.WorkerConcurrency)
@@ -263,7 +276,6 @@ func (c Config) Validate() error {
 		{"worker.heartbeat_interval (WORKER_HEARTBEAT_INTERVAL)", c.Worker.HeartbeatInterval},
 		{"sweeper.interval (SWEEPER_INTERVAL)", c.Sweeper.Interval},
 		{"sweeper.promote_interval (SWEEPER_PROMOTE_INTERVAL)", c.Sweeper.PromoteInterval},
-		{"sweeper.unpushed_after (SWEEPER_UNPUSHED_AFTER)", c.Sweeper.UnpushedAfter},
 		{"sweeper.stale_after (SWEEPER_STALE_AFTER)", c.Sweeper.StaleAfter},
 		{"sweeper.finish_interval (SWEEPER_FINISH_INTERVAL)", c.Sweeper.FinishInterval},
 		{"schedule.interval (SCHEDULE_INTERVAL)", c.Schedule.Interval},

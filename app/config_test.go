@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/campaignd/dispatch/messaging"
 )
 
 func flags(t *testing.T, args ...string) *pflag.FlagSet {
@@ -41,6 +43,9 @@ func TestLoadDefaults(t *testing.T) {
 		{"database url", cfg.DatabaseURL(), "postgres://postgres@127.0.0.1:5432/campaigns?sslmode=disable"},
 		{"redis url", cfg.Redis.URL, "redis://127.0.0.1:6379/0"},
 		{"api enabled", cfg.API.Enabled, true},
+		// config.yaml and the channel's owner state one default.
+		{"sms max chars", cfg.Limits.SMSMaxChars, messaging.DefaultSMSMaxChars},
+		{"whatsapp max chars", cfg.Limits.WhatsAppMaxChars, messaging.DefaultWhatsAppMaxChars},
 	}
 	for _, c := range checks {
 		if c.got != c.want {

@@ -20,6 +20,10 @@ func (d dispatcher) CreateMessages(ctx context.Context, tx *sqlx.Tx, campaignID 
 	return campaign.Created(c), err
 }
 
+func (d dispatcher) CheckCustomers(ctx context.Context, ids []int64) error {
+	return d.svc.CheckCustomers(ctx, ids)
+}
+
 func (d dispatcher) CancelPending(ctx context.Context, tx *sqlx.Tx, campaignID int64) (int64, error) {
 	return d.svc.CancelPending(ctx, tx, campaignID)
 }

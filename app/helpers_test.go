@@ -77,7 +77,6 @@ func testConfig(t testing.TB) Config {
 	cfg.Sweeper.Interval = 200 * time.Millisecond
 	cfg.Sweeper.PromoteInterval = 20 * time.Millisecond
 	cfg.Sweeper.FinishInterval = 50 * time.Millisecond
-	cfg.Sweeper.UnpushedAfter = 500 * time.Millisecond
 	return cfg
 }
 
@@ -142,19 +141,34 @@ func (w testWriter) Write(p []byte) (int, error) {
 func (ta *testApp) do(t testing.TB, method, path string, body any, out any, headers ...string) int {
 	t.Helper()
 	var r io.Reader
+	contentType := ""
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
 			t.Fatal(err)
 		}
-		r = bytes.NewReader(b)
+		r, contentType = bytes.NewReader(b), "application/json"
 	}
-	req, err := http.NewRequest(method, ta.base+path, r)
+	status, _, raw := ta.rawRequest(t, method, path, contentType, r, headers...)
+	if out != nil {
+		if err := json.Unmarshal(raw, out); err != nil {
+			t.Fatalf("%s %s: status %d, decode %q: %v", method, path, status, raw, err)
+		}
+	}
+	return status
+}
+
+// rawRequest sends method path with body (nil: none) and contentType (""
+// sends none) through the validating client, with extra header pairs, and
+// returns the status, headers and body.
+func (ta *testApp) rawRequest(t testing.TB, method, path, contentType string, body io.Reader, headers ...string) (int, http.Header, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, ta.base+path, body)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
 	}
 	for i := 0; i+1 < len(headers); i += 2 {
 		req.Header.Set(headers[i], headers[i+1])
@@ -168,12 +182,7 @@ func (ta *testApp) do(t testing.TB, method, path string, body any, out any, head
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out != nil {
-		if err := json.Unmarshal(raw, out); err != nil {
-			t.Fatalf("%s %s: status %d, decode %q: %v", method, path, resp.StatusCode, raw, err)
-		}
-	}
-	return resp.StatusCode
+	return resp.StatusCode, resp.Header, raw
 }
 
 // waitFor polls cond until it holds or timeout passes.

@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"strconv"
 
 	"github.com/labstack/echo/v4"
@@ -36,10 +37,11 @@ func (a *App) routes() (*echo.Echo, error) {
 
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
+	answerHeadLikeGet(e)
 	e.HTTPErrorHandler = httpx.ErrorHandler(a.log)
 	e.IPExtractor = a.ipExtractor()
 	e.Use(
-		middleware.RequestID(),
+		middleware.RequestIDWithConfig(httpx.RequestIDConfig()), // a client's id only if short and safe
 		httpx.Logger(a.log),
 		a.metrics.Middleware(), // inside Logger: it sees the status the client got
 		httpx.Recover(),
@@ -74,11 +76,32 @@ func (a *App) routes() (*echo.Echo, error) {
 	auth.NewHandler(a.keys).Register(e)
 
 	customer.NewHandler(a.customers, customer.HandlerOptions{
-		ImportMaxBytes: importLimit,
-		ImportMaxRows:  a.cfg.API.ImportMaxRows,
+		ImportMaxBytes:    importLimit,
+		ImportMaxRows:     a.cfg.API.ImportMaxRows,
+		ImportConcurrency: a.cfg.API.ImportConcurrency,
 	}).Register(e)
 	campaign.NewHandler(a.campaigns).Register(e)
 	return e, nil
+}
+
+// answerHeadLikeGet makes every GET route registered on e from now on
+// answer HEAD too, with the same handler and route middleware: net/http
+// sends the status and headers (Content-Length included) and drops the
+// body, the error envelope's included. HEAD is GET without a
+// body by definition (RFC 9110, section 9.3.2), so it goes into the router
+// only, not into e.Routes(): the route table stays the list of operations
+// that app/openapi.yaml documents, where HEAD is stated once for all GETs.
+// Authentication treats HEAD as a read.
+func answerHeadLikeGet(e *echo.Echo) {
+	e.OnAddRouteHandler = func(host string, r echo.Route, h echo.HandlerFunc, m []echo.MiddlewareFunc) {
+		if r.Method != http.MethodGet || host != "" {
+			return
+		}
+		for i := len(m) - 1; i >= 0; i-- {
+			h = m[i](h)
+		}
+		e.Router().Add(http.MethodHead, r.Path, h)
+	}
 }
 
 // rateLimitClient names the allowance a request draws on: its API key, or,

@@ -174,7 +174,7 @@ func TestScheduleDispatchesAtScheduledAt(t *testing.T) {
 		{"audience all", map[string]any{"audience": map[string]any{"all": true}}, want{"sent", 12}},
 		{"audience filter", map[string]any{"audience": map[string]any{"location": "mombasa"}}, want{"sent", 4}},
 		{"audience matching nobody", map[string]any{"audience": map[string]any{"location": "Atlantis"}}, want{"failed", 0}},
-		{"unknown customer ids", map[string]any{"customer_ids": []int64{ids[0], ids[len(ids)-1] + 1000}}, want{"failed", 0}},
+		{"unknown customer ids", map[string]any{"customer_ids": []int64{ids[0]}}, want{"failed", 0}},
 	}
 	created := make([]int64, len(cases))
 	for i, tc := range cases {
@@ -185,6 +185,14 @@ func TestScheduleDispatchesAtScheduledAt(t *testing.T) {
 			t.Fatalf("%s: created as %s, want scheduled", tc.name, status)
 		}
 		created[i] = id
+		if tc.name == "unknown customer ids" {
+			// Create and edit refuse unknown ids (TestStoredAudienceUnknownCustomers);
+			// a customer can still be gone by the time the campaign is due.
+			if _, err := db.Exec(`UPDATE campaigns SET audience = jsonb_set(audience, '{customer_ids}', audience->'customer_ids' || to_jsonb($2::bigint))
+WHERE id = $1`, id, ids[len(ids)-1]+1000); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 	noAudience, _ := mustCreateCampaign(t, ta, map[string]any{"name": "no audience", "scheduled_at": scheduleAt(at)})
 

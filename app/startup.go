@@ -10,6 +10,7 @@ import (
 	"github.com/jmoiron/sqlx"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/campaignd/dispatch/platform/loop"
 	"github.com/campaignd/dispatch/platform/postgres"
 	"github.com/campaignd/dispatch/platform/redisx"
 )
@@ -93,16 +94,10 @@ func connect[T any](ctx context.Context, log *slog.Logger, timeout time.Duration
 }
 
 // startupDelay is the pause after the attempt-th failed attempt (from 1):
-// startupBackoffMin doubling up to startupBackoffMax, with "equal jitter":
-// half of the step fixed, half scaled by jitter in [0,1), so replicas started
-// together do not knock in step, yet never sooner than half the step.
+// startupBackoffMin doubling up to startupBackoffMax, with equal jitter (see
+// loop.Backoff), so replicas started together do not knock in step.
 func startupDelay(attempt int, jitter float64) time.Duration {
-	step := startupBackoffMax
-	if attempt < 16 { // past that the shift alone would overflow
-		step = min(startupBackoffMin<<max(attempt-1, 0), startupBackoffMax)
-	}
-	half := step / 2
-	return half + time.Duration(jitter*float64(step-half))
+	return loop.Backoff(attempt, startupBackoffMin, startupBackoffMax, jitter)
 }
 
 // openPostgres opens the pool (creating the database first, if configured),
@@ -115,11 +110,11 @@ func openPostgres(ctx context.Context, cfg Config, log *slog.Logger, o postgres.
 	})
 }
 
-// openRedis opens the client, waiting up to startup_timeout for the server
+// openRedis opens a client, waiting up to startup_timeout for the server
 // to be reachable.
-func openRedis(ctx context.Context, cfg Config, log *slog.Logger) (*redis.Client, error) {
+func openRedis(ctx context.Context, cfg Config, log *slog.Logger, o redisx.Options) (*redis.Client, error) {
 	dep := dependency{name: "redis", addr: redisx.Addr(cfg.Redis.URL), unavailable: redisx.IsUnavailable}
 	return connect(ctx, log, cfg.StartupTimeout, dep, func(ctx context.Context) (*redis.Client, error) {
-		return redisx.Open(ctx, cfg.Redis.URL)
+		return redisx.OpenWith(ctx, cfg.Redis.URL, o)
 	})
 }
