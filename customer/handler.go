@@ -1,9 +1,6 @@
 package customer
 
 import (
-	"bufio"
-	"errors"
-	"io"
 	"iter"
 	"mime"
 	"net/http"
@@ -212,7 +209,9 @@ func (h *Handler) optIn(c echo.Context) error {
 	if len(query) == 1 {
 		ch = query[0]
 	}
-	sent, err := hasBody(c.Request())
+	// A client that sends no body, an empty one or one of white space
+	// (whatever its Content-Type) has sent none.
+	sent, err := httpx.HasBody(c.Request())
 	if err != nil {
 		return err
 	}
@@ -236,32 +235,3 @@ func (h *Handler) optIn(c echo.Context) error {
 	return c.JSON(http.StatusOK, cust)
 }
 
-// hasBody reports whether r carries a body with anything but white space in
-// it. Reading stops at the first other byte, which is left for the decoder:
-// r.Body is replaced by a reader that starts with it. A client that sends no
-// body, an empty one or one of white space (whatever its Content-Type) has
-// sent none.
-func hasBody(r *http.Request) (bool, error) {
-	if r.Body == nil || r.Body == http.NoBody {
-		return false, nil
-	}
-	br := bufio.NewReader(r.Body)
-	for {
-		b, err := br.ReadByte()
-		if errors.Is(err, io.EOF) {
-			return false, nil
-		}
-		if err != nil {
-			return false, err // the body limit's 413, or a broken connection
-		}
-		if !strings.ContainsRune(" \t\r\n", rune(b)) {
-			_ = br.UnreadByte() // cannot fail straight after ReadByte
-			break
-		}
-	}
-	r.Body = struct {
-		io.Reader
-		io.Closer
-	}{br, r.Body}
-	return true, nil
-}

@@ -55,7 +55,7 @@ func BindOptionalJSON(c echo.Context, dst any) (bool, error) {
 			return false, err
 		}
 	}
-	sent, err := hasBody(c.Request())
+	sent, err := HasBody(c.Request())
 	if err != nil {
 		if tooLarge(err) {
 			return false, errs.New(errs.KindTooLarge, errs.CodeTooLarge, "request body is larger than the configured limit")
@@ -68,10 +68,11 @@ func BindOptionalJSON(c echo.Context, dst any) (bool, error) {
 	return true, BindJSON(c, dst)
 }
 
-// hasBody reports whether r carries a body with anything but white space in
+// HasBody reports whether r carries a body with anything but white space in
 // it. Reading stops at the first other byte, which is left for the decoder:
-// r.Body is replaced by a reader that starts with it.
-func hasBody(r *http.Request) (bool, error) {
+// r.Body is replaced by a reader that starts with it. An error is the body
+// limit's 413 or a broken connection.
+func HasBody(r *http.Request) (bool, error) {
 	if r.Body == nil || r.Body == http.NoBody {
 		return false, nil
 	}
