@@ -234,4 +234,3 @@ func (h *Handler) optIn(c echo.Context) error {
 	}
 	return c.JSON(http.StatusOK, cust)
 }
-
