@@ -8,7 +8,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -673,47 +672,55 @@ func startPrivateRedis(t *testing.T) (string, *redis.Client) {
 	var lastErr error
 	for range 3 {
 		port := freePort(t)
-		cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-			"--save", "", "--appendonly", "no", "--daemonize", "no")
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		out := &logtest.Buffer{}
-		cmd.Stdout, cmd.Stderr = out, out
-		cmd.WaitDelay = 5 * time.Second
-		if err := cmd.Start(); err != nil {
-			t.Fatalf("start redis-server: %v", err)
-		}
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		t.Cleanup(func() {
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		})
 		url := fmt.Sprintf("redis://127.0.0.1:%d/0", port)
 		opts, _ := redis.ParseURL(url)
 		c := redis.NewClient(opts)
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			lastErr = c.Ping(ctx).Err()
-			cancel()
-			if lastErr == nil {
-				t.Cleanup(func() { c.Close() })
-				return url, c
-			}
-			exited := false
-			select {
-			case <-done:
-				exited = true
-			default:
-			}
-			if exited || time.Now().After(deadline) {
-				lastErr = errors.Join(lastErr, fmt.Errorf("redis-server output: %s", out.String()))
-				break
-			}
-			time.Sleep(20 * time.Millisecond)
+		if lastErr = runRedisServer(t, bin, port, c); lastErr == nil {
+			t.Cleanup(func() { c.Close() })
+			return url, c
 		}
 		c.Close()
 	}
 	t.Fatalf("private redis-server did not start: %v", lastErr)
 	return "", nil
+}
+
+// runRedisServer starts bin (redis-server, no persistence) on port, killed
+// when the test ends, and waits up to 10s for c to answer. The error carries
+// the server's output.
+func runRedisServer(t *testing.T, bin string, port int, c *redis.Client) error {
+	t.Helper()
+	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--daemonize", "no")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	out := &logtest.Buffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.WaitDelay = 5 * time.Second
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start redis-server: %w", err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := c.Ping(ctx).Err()
+		cancel()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-done:
+			return fmt.Errorf("redis-server on port %d exited: %v; output: %s", port, err, out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("redis-server on port %d not answering after 10s: %v; output: %s", port, err, out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -5,18 +5,14 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net"
 	"os/exec"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
-
-	"github.com/campaignd/dispatch/platform/logging/logtest"
 )
 
 // crashRedisOutage is how long TestCrashRedisDownMidRun keeps Redis down:
@@ -140,38 +136,9 @@ func stopRedis(t *testing.T, url string, rdb *redis.Client) (restart func()) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1",
-			"--save", "", "--appendonly", "no", "--daemonize", "no")
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		out := &logtest.Buffer{}
-		cmd.Stdout, cmd.Stderr = out, out
-		cmd.WaitDelay = 5 * time.Second
-		if err := cmd.Start(); err != nil {
-			t.Fatalf("restart redis-server: %v", err)
-		}
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		t.Cleanup(func() {
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		})
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			err := rdb.Ping(ctx).Err()
-			cancel()
-			if err == nil {
-				return
-			}
-			select {
-			case <-done:
-				t.Fatalf("restarted redis-server exited: %s", out.String())
-			default:
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("restarted redis-server on port %s not answering after 10s: %v (%s)", port, err, fmt.Sprint(strconv.Quote(out.String())))
-			}
-			time.Sleep(20 * time.Millisecond)
+		p, _ := strconv.Atoi(port)
+		if err := runRedisServer(t, bin, p, rdb); err != nil {
+			t.Fatalf("restart redis: %v", err)
 		}
 	}
 }
