@@ -5,6 +5,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -14,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/campaignd/dispatch/platform/postgres"
 )
 
 // TestStartupExitCodes runs the real binary where start-up cannot succeed:
@@ -67,6 +70,18 @@ func TestStartupExitCodes(t *testing.T) {
 			e := newCrashEnv(t, defaultRedisURL(), nil)
 			for k, v := range tc.vars {
 				e.vars[k] = v
+			}
+			if _, ok := tc.vars["REDIS_URL"]; ok {
+				// Only Redis may be what the wait is about: create the
+				// database first, as CREATE DATABASE on a loaded server can
+				// take longer than the one-second timeout by itself.
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				db, err := postgres.Open(ctx, e.vars["DATABASE_URL"], postgres.Options{CreateDatabase: true, MaxOpenConns: 1})
+				cancel()
+				if err != nil {
+					t.Fatal(err)
+				}
+				db.Close()
 			}
 			code, stdout, stderr, took := e.runToExit(30 * time.Second)
 			t.Logf("exit %d after %v; stderr:\n%s", code, took.Round(time.Millisecond), stderr)

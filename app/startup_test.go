@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/campaignd/dispatch/platform/postgres"
 )
 
 // The start-up tests that check for leaked goroutines do not call
@@ -89,6 +91,13 @@ func TestStartupRedisDown(t *testing.T) {
 	port := closedPort(t)
 	cfg.Redis.URL = fmt.Sprintf("redis://:secret@127.0.0.1:%d/0", port)
 	cfg.StartupTimeout = 1500 * time.Millisecond
+	// Only Redis may be what the wait is about: create the database first,
+	// as CREATE DATABASE on a loaded server can take longer than the timeout.
+	db, err := postgres.Open(context.Background(), cfg.Database.URL, postgres.Options{CreateDatabase: true, MaxOpenConns: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 
 	log := newStartupLog()
