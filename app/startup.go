@@ -40,8 +40,8 @@ const (
 )
 
 // connect calls open until it succeeds, fails with an error dep.unavailable
-// rejects, timeout passes or ctx ends (SIGTERM), pausing startupDelay between
-// attempts. Each attempt's context ends with the wait, so a slow attempt
+// rejects, timeout passes or ctx ends (SIGTERM), pausing between attempts
+// (loop.Backoff: startupBackoffMin doubling to startupBackoffMax, jittered). Each attempt's context ends with the wait, so a slow attempt
 // cannot outlast it. When dep is first found unreachable it logs one warning
 // ("waiting for postgres", with the address, the cause and the timeout),
 // repeated at most every waitLogEvery, and on success after waiting one info
@@ -79,7 +79,7 @@ func connect[T any](ctx context.Context, log *slog.Logger, timeout time.Duration
 			log.Warn("waiting for "+dep.name, attrs...)
 			warned = time.Now()
 		}
-		pause := time.NewTimer(startupDelay(attempt, rand.Float64()))
+		pause := time.NewTimer(loop.Backoff(attempt, startupBackoffMin, startupBackoffMax, rand.Float64()))
 		select {
 		case <-pause.C:
 			continue
@@ -91,13 +91,6 @@ func connect[T any](ctx context.Context, log *slog.Logger, timeout time.Duration
 		}
 		return zero, fmt.Errorf("%s at %s not reachable after %v: %w", dep.name, dep.addr, timeout, cause)
 	}
-}
-
-// startupDelay is the pause after the attempt-th failed attempt (from 1):
-// startupBackoffMin doubling up to startupBackoffMax, with equal jitter (see
-// loop.Backoff), so replicas started together do not knock in step.
-func startupDelay(attempt int, jitter float64) time.Duration {
-	return loop.Backoff(attempt, startupBackoffMin, startupBackoffMax, jitter)
 }
 
 // openPostgres opens the pool (creating the database first, if configured),

@@ -28,30 +28,6 @@ import (
 // only means something while no other test is running. Go runs them before
 // the parallel tests resume.
 
-func TestStartupDelay(t *testing.T) {
-	t.Parallel()
-	for _, tc := range []struct {
-		attempt  int
-		jitter   float64
-		min, max time.Duration
-	}{
-		{1, 0, 125 * time.Millisecond, 125 * time.Millisecond},
-		{1, 0.999, 249 * time.Millisecond, 250 * time.Millisecond},
-		{2, 0, 250 * time.Millisecond, 250 * time.Millisecond},
-		{3, 0.5, 750 * time.Millisecond, 750 * time.Millisecond},
-		{5, 0.999, 3990 * time.Millisecond, 4 * time.Second},
-		{6, 0, 2500 * time.Millisecond, 2500 * time.Millisecond}, // capped at 5s
-		{6, 0.999, 4990 * time.Millisecond, 5 * time.Second},
-		{1000, 0.999, 4990 * time.Millisecond, 5 * time.Second}, // no overflow
-	} {
-		t.Run(fmt.Sprintf("attempt %d jitter %v", tc.attempt, tc.jitter), func(t *testing.T) {
-			if got := startupDelay(tc.attempt, tc.jitter); got < tc.min || got > tc.max {
-				t.Errorf("startupDelay(%d, %v) = %v, want %v to %v", tc.attempt, tc.jitter, got, tc.min, tc.max)
-			}
-		})
-	}
-}
-
 // TestStartupPostgresDown: with nothing listening at PostgreSQL's address,
 // New waits STARTUP_TIMEOUT, says so once, then fails with an error naming
 // postgres, its address and the cause, leaving nothing running.
