@@ -25,6 +25,7 @@ import (
 	"github.com/campaignd/dispatch/db/migrations"
 	"github.com/campaignd/dispatch/db/seed"
 	"github.com/campaignd/dispatch/messaging"
+	"github.com/campaignd/dispatch/messaging/queue"
 	"github.com/campaignd/dispatch/platform/auth"
 	"github.com/campaignd/dispatch/platform/metrics"
 	"github.com/campaignd/dispatch/platform/postgres"
@@ -47,7 +48,7 @@ type App struct {
 	// while API traffic holds every connection of db and rdb.
 	probeDB    *sqlx.DB
 	probeRdb   *redis.Client
-	probeQueue *messaging.RedisQueue // the queue's depths for /health, read through probeRdb
+	probeQueue *queue.Queue // the queue's depths for /health, read through probeRdb
 
 	migrator *goose.Provider // readiness: are all migrations applied?
 	authn    *auth.Authenticator
@@ -166,9 +167,9 @@ func (a *App) wire() {
 	a.keys = auth.NewService(auth.NewStore(a.db), a.authn, a.log.With("component", "auth"))
 	a.customers = customer.NewService(customer.NewRepo(a.db), cfg.Customers.DefaultRegion)
 
-	queue := messaging.NewRedisQueue(a.rdb, cfg.Redis.KeyPrefix, cfg.Queue.Name)
+	jobs := queue.New(a.rdb, cfg.Redis.KeyPrefix, cfg.Queue.Name)
 	msgRepo := messaging.NewRepo(a.db)
-	a.messaging = messaging.NewService(msgRepo, queue, messaging.MaintenanceOptions{
+	a.messaging = messaging.NewService(msgRepo, jobs, messaging.MaintenanceOptions{
 		PromoteInterval: cfg.Sweeper.PromoteInterval,
 		ReapInterval:    cfg.Worker.HeartbeatInterval,
 		ConsumerTTL:     cfg.Worker.ConsumerTTL,
@@ -197,7 +198,7 @@ func (a *App) wire() {
 		}, ledger)
 		host, _ := os.Hostname()
 		a.pool = messaging.NewPool(messaging.PoolOptions{
-			Consumer:          messaging.NewConsumerID(host),
+			Consumer:          queue.NewConsumerID(host),
 			Concurrency:       cfg.WorkerConcurrency,
 			BatchSize:         cfg.Worker.BatchSize,
 			SendTimeout:       cfg.Worker.SendTimeout,
@@ -208,7 +209,7 @@ func (a *App) wire() {
 			Provider:          sender.Name(),
 			Observer:          a.metrics,
 			Limits:            limits,
-		}, queue, msgRepo, sender, messaging.RetryPolicy{
+		}, jobs, msgRepo, sender, messaging.RetryPolicy{
 			MaxAttempts: cfg.MaxRetryCount,
 			Base:        cfg.RetryBackoffBase,
 			Max:         cfg.RetryBackoffMax,

@@ -7,13 +7,14 @@ import (
 
 	"github.com/campaignd/dispatch/campaign"
 	"github.com/campaignd/dispatch/messaging"
+	"github.com/campaignd/dispatch/platform/channel"
 )
 
 // dispatcher adapts the messaging feature to campaign.Dispatcher, so that
 // neither feature imports the other.
 type dispatcher struct{ svc *messaging.Service }
 
-func (d dispatcher) CreateMessages(ctx context.Context, tx *sqlx.Tx, campaignID int64, ch campaign.Channel, a campaign.Audience) (campaign.Created, error) {
+func (d dispatcher) CreateMessages(ctx context.Context, tx *sqlx.Tx, campaignID int64, ch channel.Channel, a campaign.Audience) (campaign.Created, error) {
 	// The two features' Audience and Created have the same fields, so they
 	// convert directly; a field added to one only breaks this line.
 	c, err := d.svc.CreateMessages(ctx, tx, campaignID, string(ch), messaging.Audience(a))

@@ -11,6 +11,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/campaignd/dispatch/messaging"
+	"github.com/campaignd/dispatch/messaging/queue"
 	"github.com/campaignd/dispatch/platform/postgres"
 	"github.com/campaignd/dispatch/platform/redisx"
 )
@@ -35,7 +36,7 @@ type healthBody struct {
 	Version string            `json:"version"`
 	Checks  map[string]string `json:"checks"`
 	Pool    poolInfo          `json:"postgres_pool"`
-	Queue   *messaging.Depths `json:"queue,omitempty"`
+	Queue   *queue.Depths     `json:"queue,omitempty"`
 	Worker  *workerInfo       `json:"worker,omitempty"`
 }
 
@@ -173,7 +174,7 @@ func (a *App) openProbeClients(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("probes: %w", err)
 	}
-	a.probeQueue = messaging.NewRedisQueue(a.probeRdb, a.cfg.Redis.KeyPrefix, a.cfg.Queue.Name)
+	a.probeQueue = queue.New(a.probeRdb, a.cfg.Redis.KeyPrefix, a.cfg.Queue.Name)
 	return nil
 }
 

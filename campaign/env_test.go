@@ -15,6 +15,8 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/campaignd/dispatch/messaging"
+	"github.com/campaignd/dispatch/messaging/template"
+	"github.com/campaignd/dispatch/platform/channel"
 	"github.com/campaignd/dispatch/platform/errs"
 	"github.com/campaignd/dispatch/platform/httpx"
 	"github.com/campaignd/dispatch/platform/postgres/pgtest"
@@ -39,9 +41,9 @@ func (f fakeCustomers) Contact(_ context.Context, id int64) (Contact, error) {
 }
 
 var testCustomers = fakeCustomers{
-	1: {ID: 1, FirstName: "Alice", LastName: "Smith", Location: "Lisbon", PreferredProduct: "espresso", Phone: "+351912345678"},
-	2: {ID: 2, FirstName: "Bob", Location: "", PreferredProduct: "green tea", Phone: "+14155550100"},
-	3: {ID: 3, FirstName: "Zoë 🌟", LastName: "Ōtsuka", Location: "東京", PreferredProduct: "抹茶", Phone: "+81312345678"},
+	1: {ID: 1, Fields: template.Fields{FirstName: "Alice", LastName: "Smith", Location: "Lisbon", PreferredProduct: "espresso", Phone: "+351912345678"}},
+	2: {ID: 2, Fields: template.Fields{FirstName: "Bob", Location: "", PreferredProduct: "green tea", Phone: "+14155550100"}},
+	3: {ID: 3, Fields: template.Fields{FirstName: "Zoë 🌟", LastName: "Ōtsuka", Location: "東京", PreferredProduct: "抹茶", Phone: "+81312345678"}},
 }
 
 // testEnv is a service on a fresh schema, served by a real Echo with the
@@ -136,7 +138,7 @@ func wantError(t testing.TB, rec *httptest.ResponseRecorder, status int, code, f
 }
 
 // createCampaign creates a campaign through the API and returns it.
-func (te *testEnv) createCampaign(t testing.TB, name string, ch Channel, tmpl string) Campaign {
+func (te *testEnv) createCampaign(t testing.TB, name string, ch channel.Channel, tmpl string) Campaign {
 	t.Helper()
 	body, _ := json.Marshal(CreateInput{Name: name, Channel: string(ch), BaseTemplate: tmpl})
 	return decodeJSON[Campaign](t, te.do(http.MethodPost, "/campaigns", string(body)), http.StatusCreated)
@@ -144,7 +146,7 @@ func (te *testEnv) createCampaign(t testing.TB, name string, ch Channel, tmpl st
 
 // insertCampaign stores a campaign directly, for statuses the API cannot
 // create; it returns the id.
-func (te *testEnv) insertCampaign(t testing.TB, name string, ch Channel, st Status) int64 {
+func (te *testEnv) insertCampaign(t testing.TB, name string, ch channel.Channel, st Status) int64 {
 	t.Helper()
 	var id int64
 	err := te.db.QueryRowContext(context.Background(),

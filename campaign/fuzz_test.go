@@ -11,6 +11,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/campaignd/dispatch/platform/channel"
 	"github.com/campaignd/dispatch/platform/httpx"
 	"github.com/campaignd/dispatch/platform/logging/logtest"
 )
@@ -102,7 +103,7 @@ func FuzzCampaignsAPI(f *testing.F) {
 	f.Fuzz(func(t *testing.T, route uint8, id, query, body, key string) {
 		r := campaignFuzzRoutes[int(route)%len(campaignFuzzRoutes)]
 		if id == "" && strings.Contains(r.path, "{id}") {
-			id = fmt.Sprint(se.insertCampaign(t, "fuzz", ChannelSMS, StatusDraft))
+			id = fmt.Sprint(se.insertCampaign(t, "fuzz", channel.SMS, StatusDraft))
 		}
 		req := httptest.NewRequest(r.method, "/", strings.NewReader(body))
 		// Set, not parsed: any bytes a client could put on the request line.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/campaignd/dispatch/platform/channel"
 	"github.com/campaignd/dispatch/platform/errs"
 	"github.com/campaignd/dispatch/platform/page"
 )
@@ -46,7 +47,7 @@ func TestCreate(t *testing.T) {
 		if loc := rec.Header().Get("Location"); loc != fmt.Sprintf("/campaigns/%d", got.ID) {
 			t.Errorf("Location = %q", loc)
 		}
-		want := Campaign{ID: got.ID, Name: "Summer Sale 2025", Channel: ChannelSMS, Status: StatusDraft,
+		want := Campaign{ID: got.ID, Name: "Summer Sale 2025", Channel: channel.SMS, Status: StatusDraft,
 			BaseTemplate: "Hi {first_name}!", CreatedAt: got.CreatedAt, UpdatedAt: got.UpdatedAt}
 		if diff := cmp.Diff(want, got); diff != "" {
 			t.Errorf("campaign (-want +got):\n%s", diff)
@@ -127,7 +128,7 @@ func TestCreate(t *testing.T) {
 
 	t.Run("name is trimmed", func(t *testing.T) {
 		t.Parallel()
-		got := te.createCampaign(t, "  Spring  ", ChannelSMS, " keep my spaces ")
+		got := te.createCampaign(t, "  Spring  ", channel.SMS, " keep my spaces ")
 		if got.Name != "Spring" || got.BaseTemplate != " keep my spaces " {
 			t.Errorf("name %q template %q", got.Name, got.BaseTemplate)
 		}
@@ -135,7 +136,7 @@ func TestCreate(t *testing.T) {
 
 	t.Run("length limits count characters", func(t *testing.T) {
 		t.Parallel()
-		got := te.createCampaign(t, strings.Repeat("🎉", 200), ChannelSMS, strings.Repeat("🎉", 4096))
+		got := te.createCampaign(t, strings.Repeat("🎉", 200), channel.SMS, strings.Repeat("🎉", 4096))
 		if n := len([]rune(got.Name)); n != 200 {
 			t.Errorf("name has %d runes", n)
 		}
@@ -189,10 +190,10 @@ func TestCreate(t *testing.T) {
 func TestGetWithStats(t *testing.T) {
 	t.Parallel()
 	te := newTestEnv(t)
-	c := te.createCampaign(t, "Stats", ChannelSMS, "Hi {first_name}")
-	other := te.createCampaign(t, "Other", ChannelSMS, "Hi")
-	idle := te.createCampaign(t, "Idle", ChannelWhatsApp, "Hi")
-	partial := te.createCampaign(t, "Partial", ChannelWhatsApp, "Hi")
+	c := te.createCampaign(t, "Stats", channel.SMS, "Hi {first_name}")
+	other := te.createCampaign(t, "Other", channel.SMS, "Hi")
+	idle := te.createCampaign(t, "Idle", channel.WhatsApp, "Hi")
+	partial := te.createCampaign(t, "Partial", channel.WhatsApp, "Hi")
 
 	customers := te.insertCustomers(t, 10)
 	want := map[string]int{"pending": 3, "sending": 1, "sent": 4, "failed": 2}
@@ -277,9 +278,9 @@ func newListFixture(t *testing.T) listFixture {
 	statuses := []Status{StatusDraft, StatusScheduled, StatusSending, StatusSent, StatusFailed}
 	var all []Summary
 	for i := range 57 {
-		ch := ChannelSMS
+		ch := channel.SMS
 		if i%3 == 0 {
-			ch = ChannelWhatsApp
+			ch = channel.WhatsApp
 		}
 		st := statuses[i%5]
 		name := fmt.Sprintf("Campaign %02d", i)
@@ -318,12 +319,12 @@ func TestListPagination(t *testing.T) {
 	f := newListFixture(t)
 	filters := []Filter{
 		{},
-		{Channel: ChannelSMS},
-		{Channel: ChannelWhatsApp},
+		{Channel: channel.SMS},
+		{Channel: channel.WhatsApp},
 		{Status: StatusDraft},
 		{Status: StatusSent},
-		{Channel: ChannelSMS, Status: StatusFailed},
-		{Channel: ChannelWhatsApp, Status: StatusScheduled},
+		{Channel: channel.SMS, Status: StatusFailed},
+		{Channel: channel.WhatsApp, Status: StatusScheduled},
 	}
 	for _, filter := range filters {
 		want := f.want(filter)
@@ -426,12 +427,12 @@ func TestListPagination(t *testing.T) {
 			t.Fatal("no next_cursor")
 		}
 		cur := *l.Pagination.NextCursor
-		for _, other := range []Filter{{}, {Channel: ChannelWhatsApp}, {Channel: ChannelSMS, Status: StatusDraft}, {Status: StatusDraft}} {
+		for _, other := range []Filter{{}, {Channel: channel.WhatsApp}, {Channel: channel.SMS, Status: StatusDraft}, {Status: StatusDraft}} {
 			rec := f.te.do(http.MethodGet, listURL(other, url.Values{"cursor": {cur}, "page_size": {"5"}}), "")
 			wantError(t, rec, http.StatusBadRequest, errs.CodeValidation, "cursor")
 		}
 		// The same filters continue the list.
-		rec := f.te.do(http.MethodGet, listURL(Filter{Channel: ChannelSMS}, url.Values{"cursor": {cur}, "page_size": {"5"}}), "")
+		rec := f.te.do(http.MethodGet, listURL(Filter{Channel: channel.SMS}, url.Values{"cursor": {cur}, "page_size": {"5"}}), "")
 		next := decodeJSON[page.List[Summary]](t, rec, http.StatusOK)
 		if next.Pagination.Page != 2 || len(next.Data) != 5 || next.Data[0].ID >= l.Data[4].ID {
 			t.Errorf("second page %+v", next)
@@ -487,7 +488,7 @@ func TestListCursorWhileCreating(t *testing.T) {
 	t.Parallel()
 	f := newListFixture(t)
 
-	for _, filter := range []Filter{{}, {Channel: ChannelSMS}, {Status: StatusDraft}, {Channel: ChannelWhatsApp, Status: StatusDraft}} {
+	for _, filter := range []Filter{{}, {Channel: channel.SMS}, {Status: StatusDraft}, {Channel: channel.WhatsApp, Status: StatusDraft}} {
 		t.Run(fmt.Sprintf("channel=%s,status=%s", filter.Channel, filter.Status), func(t *testing.T) {
 			t.Parallel()
 			before := f.want(filter)
@@ -499,7 +500,7 @@ func TestListCursorWhileCreating(t *testing.T) {
 			stop := make(chan struct{})
 			var wg sync.WaitGroup
 			for w := range 4 {
-				ch := []Channel{ChannelSMS, ChannelWhatsApp}[w%2]
+				ch := []channel.Channel{channel.SMS, channel.WhatsApp}[w%2]
 				wg.Go(func() {
 					for i := 0; ; i++ {
 						select {
@@ -559,7 +560,7 @@ func TestListCursorWhileCreating(t *testing.T) {
 func TestPreview(t *testing.T) {
 	t.Parallel()
 	te := newTestEnv(t)
-	c := te.createCampaign(t, "Preview", ChannelSMS, "Hi {first_name} {last_name}, {preferred_product} in {location}!")
+	c := te.createCampaign(t, "Preview", channel.SMS, "Hi {first_name} {last_name}, {preferred_product} in {location}!")
 	target := fmt.Sprintf("/campaigns/%d/personalized-preview", c.ID)
 
 	tests := []struct {
@@ -658,7 +659,7 @@ func TestPreview(t *testing.T) {
 func TestBadInput(t *testing.T) {
 	t.Parallel()
 	te := newTestEnv(t)
-	c := te.createCampaign(t, "Bad input", ChannelSMS, "Hi {first_name}")
+	c := te.createCampaign(t, "Bad input", channel.SMS, "Hi {first_name}")
 	preview := fmt.Sprintf("/campaigns/%d/personalized-preview", c.ID)
 	const (
 		get  = http.MethodGet

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/campaignd/dispatch/platform/channel"
 	"github.com/campaignd/dispatch/platform/errs"
 )
 
@@ -17,7 +18,7 @@ func TestHostileInput(t *testing.T) {
 	t.Parallel()
 	se := newSendEnv(t)
 	seedCustomers(t, se.db.DB, 2)
-	draft := se.insertCampaign(t, "draft", ChannelSMS, StatusDraft)
+	draft := se.insertCampaign(t, "draft", channel.SMS, StatusDraft)
 	create := func(extra string) string {
 		return `{"name":"n","channel":"sms","base_template":"Hi {first_name}"` + extra + `}`
 	}
@@ -114,7 +115,7 @@ func TestStatusErrorNamesEveryStatus(t *testing.T) {
 func TestErrorsEchoLittle(t *testing.T) {
 	t.Parallel()
 	se := newSendEnv(t)
-	draft := se.insertCampaign(t, "draft", ChannelSMS, StatusDraft)
+	draft := se.insertCampaign(t, "draft", channel.SMS, StatusDraft)
 	huge := strings.Repeat("x", 1<<20)
 	for _, tt := range []struct{ name, method, target, body string }{
 		{"create unknown key", "POST", "/campaigns", `{"` + huge + `":1}`},

@@ -11,6 +11,7 @@ import (
 	"github.com/jmoiron/sqlx"
 
 	"github.com/campaignd/dispatch/messaging"
+	"github.com/campaignd/dispatch/platform/channel"
 	"github.com/campaignd/dispatch/platform/errs"
 	"github.com/campaignd/dispatch/platform/page"
 	"github.com/campaignd/dispatch/platform/postgres/pgtest"
@@ -87,7 +88,7 @@ func TestRepoRoundTrip(t *testing.T) {
 	repo := NewRepo(db.DB)
 	ctx := context.Background()
 	at := time.Date(2030, 1, 2, 3, 4, 5, 123456000, time.UTC)
-	in := Campaign{Name: "Ünïcødé 🎉", Channel: ChannelWhatsApp, Status: StatusScheduled, BaseTemplate: "Hi {first_name} 👋", ScheduledAt: &at}
+	in := Campaign{Name: "Ünïcødé 🎉", Channel: channel.WhatsApp, Status: StatusScheduled, BaseTemplate: "Hi {first_name} 👋", ScheduledAt: &at}
 	created, err := repo.Create(ctx, in)
 	if err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/jmoiron/sqlx"
 
+	"github.com/campaignd/dispatch/platform/channel"
 	"github.com/campaignd/dispatch/platform/errs"
 	"github.com/campaignd/dispatch/platform/loop"
 	"github.com/campaignd/dispatch/platform/postgres"
@@ -44,7 +45,7 @@ type Dispatcher interface {
 	// CreateMessages inserts one pending message per customer of a who has
 	// not opted out of channel. It returns an UNKNOWN_CUSTOMERS error when
 	// ids in a do not exist.
-	CreateMessages(ctx context.Context, tx *sqlx.Tx, campaignID int64, channel Channel, a Audience) (Created, error)
+	CreateMessages(ctx context.Context, tx *sqlx.Tx, campaignID int64, channel channel.Channel, a Audience) (Created, error)
 	// CheckCustomers makes CreateMessages' check of customer ids on their
 	// own, for an audience stored to be sent later: an UNKNOWN_CUSTOMERS
 	// error listing the ids that name no customer, or nil.

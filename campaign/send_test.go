@@ -24,6 +24,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/campaignd/dispatch/messaging"
+	"github.com/campaignd/dispatch/messaging/queue"
+	"github.com/campaignd/dispatch/platform/channel"
 	"github.com/campaignd/dispatch/platform/errs"
 	"github.com/campaignd/dispatch/platform/postgres/pgtest"
 	"github.com/campaignd/dispatch/platform/redisx/redistest"
@@ -55,7 +57,7 @@ func newSendEnv(t testing.TB) *sendEnv {
 // newSendEnvOn builds the service over db, pushing through rdb (which may be
 // a client of a server that is down).
 func newSendEnvOn(db *pgtest.DB, rdb *redis.Client, prefix string) *sendEnv {
-	msvc := messaging.NewService(messaging.NewRepo(db.DB), messaging.NewRedisQueue(rdb, prefix, sendQueueName),
+	msvc := messaging.NewService(messaging.NewRepo(db.DB), queue.New(rdb, prefix, sendQueueName),
 		messaging.MaintenanceOptions{}, sendLog)
 	svc := NewService(NewRepo(db.DB), messaging.Templates{}, testCustomers, func() time.Time { return testNow }).
 		WithDispatch(messagingDispatcher{msvc}, sendLog)
@@ -271,7 +273,7 @@ func TestSendAccepted(t *testing.T) {
 			t.Parallel()
 			se := newSendEnv(t)
 			customers := seedCustomers(t, se.db.DB, 5)
-			id := se.insertCampaign(t, "send "+tt.name, ChannelSMS, tt.from)
+			id := se.insertCampaign(t, "send "+tt.name, channel.SMS, tt.from)
 			var ids []int64
 			for _, i := range tt.pick {
 				ids = append(ids, customers[i])
@@ -327,7 +329,7 @@ func TestSendNotSendable(t *testing.T) {
 	for _, st := range []Status{StatusSending, StatusSent, StatusFailed} {
 		t.Run(string(st), func(t *testing.T) {
 			t.Parallel()
-			id := se.insertCampaign(t, "not sendable", ChannelWhatsApp, st)
+			id := se.insertCampaign(t, "not sendable", channel.WhatsApp, st)
 			before := se.state(t, id)
 			rec := se.send(id, sendBody(t, customers), "")
 			body := wantError(t, rec, http.StatusConflict, "CAMPAIGN_NOT_SENDABLE", "")
@@ -348,7 +350,7 @@ func TestSendNotSendable(t *testing.T) {
 	}
 	t.Run("service error", func(t *testing.T) {
 		t.Parallel()
-		id := se.insertCampaign(t, "sent", ChannelSMS, StatusSent)
+		id := se.insertCampaign(t, "sent", channel.SMS, StatusSent)
 		_, _, err := se.svc.Send(context.Background(), id, SendInput{CustomerIDs: customers}, "")
 		if !errors.Is(err, ErrNotSendable) {
 			t.Errorf("error = %v, want ErrNotSendable", err)
@@ -365,7 +367,7 @@ func TestSendConcurrent(t *testing.T) {
 	const senders = 8
 	for round := range 5 {
 		t.Run(fmt.Sprintf("round %d", round), func(t *testing.T) {
-			id := se.insertCampaign(t, "race", ChannelSMS, StatusDraft)
+			id := se.insertCampaign(t, "race", channel.SMS, StatusDraft)
 			lists := make([][]int64, senders)
 			for g := range senders {
 				// Sender g asks for customers g..g+19 (and repeats one), so
@@ -431,7 +433,7 @@ func TestSendIdempotencyKey(t *testing.T) {
 		t.Parallel()
 		se := newSendEnv(t)
 		customers := seedCustomers(t, se.db.DB, 4)
-		id := se.insertCampaign(t, "idem", ChannelSMS, StatusDraft)
+		id := se.insertCampaign(t, "idem", channel.SMS, StatusDraft)
 		body := sendBody(t, []int64{customers[0], customers[1], customers[0]})
 
 		first := se.send(id, body, "key-replay-1")
@@ -467,8 +469,8 @@ func TestSendIdempotencyKey(t *testing.T) {
 		t.Parallel()
 		se := newSendEnv(t)
 		customers := seedCustomers(t, se.db.DB, 4)
-		id := se.insertCampaign(t, "idem", ChannelSMS, StatusDraft)
-		other := se.insertCampaign(t, "other", ChannelSMS, StatusDraft)
+		id := se.insertCampaign(t, "idem", channel.SMS, StatusDraft)
+		other := se.insertCampaign(t, "other", channel.SMS, StatusDraft)
 		wantSendAccepted(t, se.send(id, sendBody(t, customers[:2]), "key-reuse"), id, 2, 0)
 		before := se.state(t, id)
 
@@ -506,7 +508,7 @@ func TestSendIdempotencyKey(t *testing.T) {
 		t.Parallel()
 		se := newSendEnv(t)
 		customers := seedCustomers(t, se.db.DB, 2)
-		id := se.insertCampaign(t, "no key", ChannelSMS, StatusDraft)
+		id := se.insertCampaign(t, "no key", channel.SMS, StatusDraft)
 		wantSendAccepted(t, se.send(id, sendBody(t, customers), ""), id, 2, 0)
 		wantError(t, se.send(id, sendBody(t, customers), ""), http.StatusConflict, "CAMPAIGN_NOT_SENDABLE", "")
 		// A fresh key on a campaign already sent is a conflict too: the key
@@ -518,8 +520,8 @@ func TestSendIdempotencyKey(t *testing.T) {
 		t.Parallel()
 		se := newSendEnv(t)
 		customers := seedCustomers(t, se.db.DB, 2)
-		sent := se.insertCampaign(t, "sent", ChannelSMS, StatusSent)
-		draft := se.insertCampaign(t, "draft", ChannelSMS, StatusDraft)
+		sent := se.insertCampaign(t, "sent", channel.SMS, StatusSent)
+		draft := se.insertCampaign(t, "draft", channel.SMS, StatusDraft)
 		body := sendBody(t, customers)
 		wantError(t, se.send(sent, body, "key-after-409"), http.StatusConflict, "CAMPAIGN_NOT_SENDABLE", "")
 		// The key was not stored, so it is free for another request.
@@ -530,7 +532,7 @@ func TestSendIdempotencyKey(t *testing.T) {
 		t.Parallel()
 		se := newSendEnv(t)
 		customers := seedCustomers(t, se.db.DB, 1)
-		id := se.insertCampaign(t, "long key", ChannelSMS, StatusDraft)
+		id := se.insertCampaign(t, "long key", channel.SMS, StatusDraft)
 		key := strings.Repeat("k", 200)
 		first := se.send(id, sendBody(t, customers), key)
 		wantSendAccepted(t, first, id, 1, 0)
@@ -544,7 +546,7 @@ func TestSendIdempotencyKey(t *testing.T) {
 		t.Parallel()
 		se := newSendEnv(t)
 		customers := seedCustomers(t, se.db.DB, 30)
-		id := se.insertCampaign(t, "idem race", ChannelSMS, StatusDraft)
+		id := se.insertCampaign(t, "idem race", channel.SMS, StatusDraft)
 		body := sendBody(t, customers)
 		const n = 8
 		recs := make([]*httptest.ResponseRecorder, n)
@@ -590,7 +592,7 @@ func TestSendUnknownCustomers(t *testing.T) {
 	t.Parallel()
 	se := newSendEnv(t)
 	known := seedCustomers(t, se.db.DB, 5)
-	id := se.insertCampaign(t, "unknown", ChannelSMS, StatusDraft)
+	id := se.insertCampaign(t, "unknown", channel.SMS, StatusDraft)
 
 	// 150 unknown ids, given in descending order, some of them twice,
 	// mixed with known ones.
@@ -650,7 +652,7 @@ FROM unnest($1::bigint[]) AS u(id)`, pq.Array(unknown)); err != nil {
 	}
 
 	t.Run("service error", func(t *testing.T) {
-		other := se.insertCampaign(t, "unknown 2", ChannelSMS, StatusDraft)
+		other := se.insertCampaign(t, "unknown 2", channel.SMS, StatusDraft)
 		_, _, err := se.svc.Send(context.Background(), other, SendInput{CustomerIDs: []int64{known[0], 42_000_000}}, "")
 		if !errors.Is(err, messaging.ErrUnknownCustomers) {
 			t.Errorf("error = %v, want ErrUnknownCustomers", err)
@@ -665,7 +667,7 @@ func TestSendValidation(t *testing.T) {
 	t.Parallel()
 	se := newSendEnv(t)
 	customers := seedCustomers(t, se.db.DB, 2)
-	id := se.insertCampaign(t, "validation", ChannelSMS, StatusDraft)
+	id := se.insertCampaign(t, "validation", channel.SMS, StatusDraft)
 	valid := sendBody(t, customers)
 
 	tooMany := make([]int64, MaxSendIDs+1)
@@ -747,7 +749,7 @@ func TestSendRedisDown(t *testing.T) {
 	t.Cleanup(func() { down.Close() })
 	se := newSendEnvOn(db, down, "down:")
 	customers := seedCustomers(t, db.DB, 6)
-	id := se.insertCampaign(t, "redis down", ChannelSMS, StatusDraft)
+	id := se.insertCampaign(t, "redis down", channel.SMS, StatusDraft)
 
 	started := time.Now()
 	rec := se.send(id, sendBody(t, customers), "")
@@ -800,7 +802,7 @@ func TestFinish(t *testing.T) {
 	ids := make([]int64, len(tests))
 	var want []Finished
 	for i, tt := range tests {
-		ids[i] = te.insertCampaign(t, tt.name, ChannelSMS, tt.status)
+		ids[i] = te.insertCampaign(t, tt.name, channel.SMS, tt.status)
 		for j, st := range tt.messages {
 			te.insertMessage(t, ids[i], customers[j], st)
 		}
@@ -866,7 +868,7 @@ func TestFinishConcurrent(t *testing.T) {
 	customers := seedCustomers(t, te.db.DB, 2)
 	var want []Finished
 	for i := range 30 {
-		id := te.insertCampaign(t, fmt.Sprintf("c%d", i), ChannelSMS, StatusSending)
+		id := te.insertCampaign(t, fmt.Sprintf("c%d", i), channel.SMS, StatusSending)
 		st := StatusSent
 		if i%3 == 0 {
 			st = StatusFailed
@@ -917,7 +919,7 @@ func benchmarkSend(b *testing.B, n int) {
 	b.ResetTimer()
 	for i := range b.N {
 		b.StopTimer()
-		id := se.insertCampaign(b, fmt.Sprintf("bench %d", i), ChannelSMS, StatusDraft)
+		id := se.insertCampaign(b, fmt.Sprintf("bench %d", i), channel.SMS, StatusDraft)
 		if err := se.rdb.Del(ctx, se.queueKey).Err(); err != nil {
 			b.Fatal(err)
 		}

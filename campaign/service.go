@@ -110,7 +110,7 @@ func (s *Service) Preview(ctx context.Context, id int64, in PreviewInput) (Previ
 	// Both templates passed Check (the base one when it was stored), and
 	// Render fails exactly when Check does, so an error here is a bug or a
 	// change of template rules, reported as an internal error.
-	msg, warnings, err := s.tpl.Render(string(c.Channel), tmpl, contact.fields())
+	msg, warnings, err := s.tpl.Render(string(c.Channel), tmpl, contact.Fields)
 	if err != nil {
 		return Preview{}, fmt.Errorf("preview campaign %d: render: %w", id, err)
 	}

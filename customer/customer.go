@@ -15,6 +15,7 @@ import (
 
 	"github.com/nyaruka/phonenumbers"
 
+	"github.com/campaignd/dispatch/platform/channel"
 	"github.com/campaignd/dispatch/platform/errs"
 	"github.com/campaignd/dispatch/platform/text"
 )
@@ -26,44 +27,15 @@ import (
 // is [] in JSON, never null. It is not a column of customers: the Repo fills
 // it from customer_opt_outs.
 type Customer struct {
-	ID               int64     `json:"id" db:"id"`
-	Phone            string    `json:"phone" db:"phone"`
-	FirstName        string    `json:"first_name" db:"first_name"`
-	LastName         string    `json:"last_name" db:"last_name"`
-	Location         string    `json:"location" db:"location"`
-	PreferredProduct string    `json:"preferred_product" db:"preferred_product"`
-	OptedOutChannels []Channel `json:"opted_out_channels" db:"-"`
-	CreatedAt        time.Time `json:"created_at" db:"created_at"`
-	UpdatedAt        time.Time `json:"updated_at" db:"updated_at"`
-}
-
-// Channel is a network a customer can opt out of being messaged on. The
-// values mirror the customer_opt_outs_channel_check constraint (and, by
-// contract, the campaign feature's channels, which this package does not
-// import).
-type Channel string
-
-const (
-	ChannelSMS      Channel = "sms"
-	ChannelWhatsApp Channel = "whatsapp"
-)
-
-// Valid reports whether c is exactly one of the known channels: matching is
-// case-sensitive and nothing is trimmed, as for a campaign's channel.
-func (c Channel) Valid() bool {
-	return c == ChannelSMS || c == ChannelWhatsApp
-}
-
-// validate returns nil for a valid c, else a VALIDATION_ERROR naming the
-// channel field.
-func (c Channel) validate() error {
-	switch {
-	case c.Valid():
-		return nil
-	case c == "":
-		return errs.Validation("channel", "channel is required: %q or %q", ChannelSMS, ChannelWhatsApp)
-	}
-	return errs.Validation("channel", "channel must be %q or %q, got %s", ChannelSMS, ChannelWhatsApp, errs.Quote(string(c)))
+	ID               int64             `json:"id" db:"id"`
+	Phone            string            `json:"phone" db:"phone"`
+	FirstName        string            `json:"first_name" db:"first_name"`
+	LastName         string            `json:"last_name" db:"last_name"`
+	Location         string            `json:"location" db:"location"`
+	PreferredProduct string            `json:"preferred_product" db:"preferred_product"`
+	OptedOutChannels []channel.Channel `json:"opted_out_channels" db:"-"`
+	CreatedAt        time.Time         `json:"created_at" db:"created_at"`
+	UpdatedAt        time.Time         `json:"updated_at" db:"updated_at"`
 }
 
 // Input is a customer as a client sends it, to POST /customers or as one row

@@ -9,6 +9,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/campaignd/dispatch/platform/channel"
 	"github.com/campaignd/dispatch/platform/errs"
 	"github.com/campaignd/dispatch/platform/httpx"
 	"github.com/campaignd/dispatch/platform/page"
@@ -182,7 +183,7 @@ func (h *Handler) optOut(c echo.Context) error {
 	if err := httpx.BindJSON(c, &b); err != nil {
 		return err
 	}
-	cust, err := h.svc.OptOut(c.Request().Context(), id, Channel(b.Channel))
+	cust, err := h.svc.OptOut(c.Request().Context(), id, channel.Channel(b.Channel))
 	if err != nil {
 		return err
 	}
@@ -228,7 +229,7 @@ func (h *Handler) optIn(c echo.Context) error {
 				errs.Quote(ch), errs.Quote(b.Channel))
 		}
 	}
-	cust, err := h.svc.OptIn(c.Request().Context(), id, Channel(ch))
+	cust, err := h.svc.OptIn(c.Request().Context(), id, channel.Channel(ch))
 	if err != nil {
 		return err
 	}

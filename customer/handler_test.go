@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/jmoiron/sqlx"
 
+	"github.com/campaignd/dispatch/platform/channel"
 	"github.com/campaignd/dispatch/platform/errs"
 	"github.com/campaignd/dispatch/platform/page"
 )
@@ -34,7 +35,7 @@ func TestCreateAndGet(t *testing.T) {
 		t.Errorf("Location %q, want %q", got, want)
 	}
 	want := Customer{ID: created.ID, Phone: "+254712345678", FirstName: "Zoë", LastName: "Wanjiru",
-		Location: "Nairobi", PreferredProduct: "Shoes 👟", OptedOutChannels: []Channel{}}
+		Location: "Nairobi", PreferredProduct: "Shoes 👟", OptedOutChannels: []channel.Channel{}}
 	if diff := cmp.Diff(want, created, cmpopts.IgnoreFields(Customer{}, "CreatedAt", "UpdatedAt")); diff != "" {
 		t.Errorf("created (-want +got):\n%s", diff)
 	}

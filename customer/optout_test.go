@@ -12,52 +12,16 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/campaignd/dispatch/platform/channel"
 	"github.com/campaignd/dispatch/platform/errs"
 	"github.com/campaignd/dispatch/platform/page"
 )
 
-func TestChannelValid(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		ch   Channel
-		want bool
-	}{
-		{"sms", true},
-		{"whatsapp", true},
-		{"", false},
-		{"SMS", false},
-		{"WhatsApp", false},
-		{" sms", false},
-		{"sms ", false},
-		{"email", false},
-		{"sms,whatsapp", false},
-	}
-	for _, tt := range tests {
-		t.Run(fmt.Sprintf("%q", tt.ch), func(t *testing.T) {
-			if got := tt.ch.Valid(); got != tt.want {
-				t.Errorf("Channel(%q).Valid() = %v, want %v", tt.ch, got, tt.want)
-			}
-			err := tt.ch.validate()
-			if tt.want {
-				if err != nil {
-					t.Errorf("validate() = %v, want nil", err)
-				}
-				return
-			}
-			var e *errs.Error
-			if !errors.As(err, &e) || e.Code != errs.CodeValidation || e.Details["field"] != "channel" ||
-				!strings.Contains(e.Message, "channel") {
-				t.Errorf("validate() = %#v, want a VALIDATION_ERROR naming channel", err)
-			}
-		})
-	}
-}
-
 // optOutRows returns customer id's rows of customer_opt_outs as channels, in
 // order.
-func (v *testEnv) optOutRows(t testing.TB, id int64) []Channel {
+func (v *testEnv) optOutRows(t testing.TB, id int64) []channel.Channel {
 	t.Helper()
-	chs := []Channel{}
+	chs := []channel.Channel{}
 	if err := v.db.Select(&chs, `SELECT channel FROM customer_opt_outs WHERE customer_id = $1 ORDER BY channel`, id); err != nil {
 		t.Fatalf("read opt-outs: %v", err)
 	}
@@ -79,7 +43,7 @@ func TestOptOutAndBackIn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := v.svc.OptOut(context.Background(), other.ID, ChannelWhatsApp); err != nil {
+	if _, err := v.svc.OptOut(context.Background(), other.ID, channel.WhatsApp); err != nil {
 		t.Fatal(err)
 	}
 
@@ -91,20 +55,20 @@ func TestOptOutAndBackIn(t *testing.T) {
 		target      string
 		contentType string
 		body        string
-		want        []Channel
+		want        []channel.Channel
 	}{
-		{"opt out of sms", "POST", target, js, `{"channel":"sms"}`, []Channel{"sms"}},
-		{"opt out of sms again", "POST", target, js, `{"channel":"sms"}`, []Channel{"sms"}},
-		{"opt out of whatsapp too", "POST", target, "application/json; charset=utf-8", `{"channel":"whatsapp"}`, []Channel{"sms", "whatsapp"}},
-		{"opt back in to sms by query", "DELETE", target + "?channel=sms", "", "", []Channel{"whatsapp"}},
-		{"opt back in to sms again", "DELETE", target + "?channel=sms", "", "", []Channel{"whatsapp"}},
-		{"opt out of sms a second time", "POST", target, js, `{"channel":"sms"}`, []Channel{"sms", "whatsapp"}},
-		{"opt back in by body", "DELETE", target, js, `{"channel":"whatsapp"}`, []Channel{"sms"}},
-		{"query with an empty JSON body", "DELETE", target + "?channel=sms", js, ``, []Channel{}},
-		{"opt in when not opted out", "DELETE", target + "?channel=whatsapp", "", "", []Channel{}},
-		{"query and body agreeing", "DELETE", target + "?channel=sms", js, ` {"channel":"sms"}`, []Channel{}},
-		{"query with a body of only white space", "DELETE", target + "?channel=sms", "text/plain", " \n", []Channel{}},
-		{"query with a body without channel", "DELETE", target + "?channel=sms", js, `{}`, []Channel{}},
+		{"opt out of sms", "POST", target, js, `{"channel":"sms"}`, []channel.Channel{"sms"}},
+		{"opt out of sms again", "POST", target, js, `{"channel":"sms"}`, []channel.Channel{"sms"}},
+		{"opt out of whatsapp too", "POST", target, "application/json; charset=utf-8", `{"channel":"whatsapp"}`, []channel.Channel{"sms", "whatsapp"}},
+		{"opt back in to sms by query", "DELETE", target + "?channel=sms", "", "", []channel.Channel{"whatsapp"}},
+		{"opt back in to sms again", "DELETE", target + "?channel=sms", "", "", []channel.Channel{"whatsapp"}},
+		{"opt out of sms a second time", "POST", target, js, `{"channel":"sms"}`, []channel.Channel{"sms", "whatsapp"}},
+		{"opt back in by body", "DELETE", target, js, `{"channel":"whatsapp"}`, []channel.Channel{"sms"}},
+		{"query with an empty JSON body", "DELETE", target + "?channel=sms", js, ``, []channel.Channel{}},
+		{"opt in when not opted out", "DELETE", target + "?channel=whatsapp", "", "", []channel.Channel{}},
+		{"query and body agreeing", "DELETE", target + "?channel=sms", js, ` {"channel":"sms"}`, []channel.Channel{}},
+		{"query with a body of only white space", "DELETE", target + "?channel=sms", "text/plain", " \n", []channel.Channel{}},
+		{"query with a body without channel", "DELETE", target + "?channel=sms", js, `{}`, []channel.Channel{}},
 	}
 	for _, st := range steps { // in order: each step starts where the last ended
 		t.Run(st.name, func(t *testing.T) {
@@ -123,7 +87,7 @@ func TestOptOutAndBackIn(t *testing.T) {
 			}
 		})
 	}
-	if diff := cmp.Diff([]Channel{ChannelWhatsApp}, v.optOutRows(t, other.ID)); diff != "" {
+	if diff := cmp.Diff([]channel.Channel{channel.WhatsApp}, v.optOutRows(t, other.ID)); diff != "" {
 		t.Errorf("the other customer's opt-outs changed (-want +got):\n%s", diff)
 	}
 }
@@ -138,13 +102,13 @@ func TestOptOutKeepsFirstTime(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := v.svc.OptOut(ctx, c.ID, ChannelSMS); err != nil {
+	if _, err := v.svc.OptOut(ctx, c.ID, channel.SMS); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := v.db.Exec(`UPDATE customer_opt_outs SET created_at = '2020-01-01T00:00:00Z'`); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := v.svc.OptOut(ctx, c.ID, ChannelSMS); err != nil {
+	if _, err := v.svc.OptOut(ctx, c.ID, channel.SMS); err != nil {
 		t.Fatal(err)
 	}
 	var n int
@@ -168,13 +132,13 @@ func TestOptOutServiceErrors(t *testing.T) {
 	validation := errs.New(errs.KindValidation, errs.CodeValidation, "")
 	tests := []struct {
 		name string
-		op   func(context.Context, int64, Channel) (Customer, error)
+		op   func(context.Context, int64, channel.Channel) (Customer, error)
 		id   int64
-		ch   Channel
+		ch   channel.Channel
 		want error
 	}{
-		{"opt out of unknown customer", v.svc.OptOut, c.ID + 1000, ChannelSMS, ErrNotFound},
-		{"opt in of unknown customer", v.svc.OptIn, c.ID + 1000, ChannelWhatsApp, ErrNotFound},
+		{"opt out of unknown customer", v.svc.OptOut, c.ID + 1000, channel.SMS, ErrNotFound},
+		{"opt in of unknown customer", v.svc.OptIn, c.ID + 1000, channel.WhatsApp, ErrNotFound},
 		{"opt out of empty channel", v.svc.OptOut, c.ID, "", validation},
 		{"opt out of unknown channel", v.svc.OptOut, c.ID, "email", validation},
 		{"opt in to unknown channel", v.svc.OptIn, c.ID, "Sms", validation},
@@ -211,8 +175,8 @@ func TestOptOutConcurrent(t *testing.T) {
 	for range n {
 		// Each goroutine exits after its one call.
 		wg.Go(func() {
-			got, err := v.svc.OptOut(context.Background(), c.ID, ChannelSMS)
-			if err == nil && !cmp.Equal(got.OptedOutChannels, []Channel{ChannelSMS}) {
+			got, err := v.svc.OptOut(context.Background(), c.ID, channel.SMS)
+			if err == nil && !cmp.Equal(got.OptedOutChannels, []channel.Channel{channel.SMS}) {
 				err = fmt.Errorf("opted_out_channels %v", got.OptedOutChannels)
 			}
 			errc <- err
@@ -225,7 +189,7 @@ func TestOptOutConcurrent(t *testing.T) {
 			t.Errorf("concurrent opt-out: %v", err)
 		}
 	}
-	if diff := cmp.Diff([]Channel{ChannelSMS}, v.optOutRows(t, c.ID)); diff != "" {
+	if diff := cmp.Diff([]channel.Channel{channel.SMS}, v.optOutRows(t, c.ID)); diff != "" {
 		t.Errorf("stored opt-outs (-want +got):\n%s", diff)
 	}
 }
@@ -238,8 +202,8 @@ func TestListShowsOptOuts(t *testing.T) {
 	v := newEnv(t, "KE", HandlerOptions{})
 	ctx := context.Background()
 	seeded := seedForList(t, v, 23)
-	combos := [][]Channel{{}, {ChannelSMS}, {ChannelWhatsApp}, {ChannelSMS, ChannelWhatsApp}}
-	want := make(map[int64][]Channel, len(seeded))
+	combos := [][]channel.Channel{{}, {channel.SMS}, {channel.WhatsApp}, {channel.SMS, channel.WhatsApp}}
+	want := make(map[int64][]channel.Channel, len(seeded))
 	for i, c := range seeded {
 		chs := combos[i%len(combos)]
 		// Opt out in reverse order, so sorted output is not insertion order.

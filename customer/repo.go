@@ -10,6 +10,7 @@ import (
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
 
+	"github.com/campaignd/dispatch/platform/channel"
 	"github.com/campaignd/dispatch/platform/postgres"
 )
 
@@ -56,9 +57,9 @@ func (r *Repo) Get(ctx context.Context, id int64) (Customer, error) {
 		return Customer{}, postgres.Classify(err, "get customer "+strconv.FormatInt(id, 10))
 	}
 	c := row.Customer.utc()
-	c.OptedOutChannels = make([]Channel, len(row.OptedOut))
+	c.OptedOutChannels = make([]channel.Channel, len(row.OptedOut))
 	for i, ch := range row.OptedOut {
-		c.OptedOutChannels[i] = Channel(ch)
+		c.OptedOutChannels[i] = channel.Channel(ch)
 	}
 	return c, nil
 }
@@ -81,7 +82,7 @@ func (r *Repo) Create(ctx context.Context, in Input) (Customer, error) {
 		return Customer{}, postgres.Classify(err, "create customer")
 	}
 	c = c.utc()
-	c.OptedOutChannels = []Channel{}
+	c.OptedOutChannels = []channel.Channel{}
 	return c, nil
 }
 
@@ -192,7 +193,7 @@ func (r *Repo) attachOptOuts(ctx context.Context, cs []Customer) error {
 	at := make(map[int64]int, len(cs)) // id → index in cs
 	ids := make([]int64, len(cs))
 	for i := range cs {
-		cs[i].OptedOutChannels = []Channel{}
+		cs[i].OptedOutChannels = []channel.Channel{}
 		at[cs[i].ID] = i
 		ids[i] = cs[i].ID
 	}
@@ -203,7 +204,7 @@ func (r *Repo) attachOptOuts(ctx context.Context, cs []Customer) error {
 	defer rows.Close()
 	for rows.Next() {
 		var id int64
-		var ch Channel
+		var ch channel.Channel
 		if err := rows.Scan(&id, &ch); err != nil {
 			return postgres.Classify(err, "scan opt-out")
 		}
@@ -230,7 +231,7 @@ ON CONFLICT (customer_id, channel) DO NOTHING`
 // OptOut records that customer id must not be messaged on ch, which must be
 // valid. Opting out again is not an error and keeps the first created_at.
 // An unknown customer is ErrNotFound.
-func (r *Repo) OptOut(ctx context.Context, id int64, ch Channel) error {
+func (r *Repo) OptOut(ctx context.Context, id int64, ch channel.Channel) error {
 	if _, err := r.db.ExecContext(ctx, optOutSQL, id, ch); err != nil {
 		if isUnknownCustomer(err) {
 			return ErrNotFound.Withf("customer %d not found", id)
@@ -245,7 +246,7 @@ const optInSQL = `DELETE FROM customer_opt_outs WHERE customer_id = $1 AND chann
 // OptIn removes customer id's opt-out of ch, if there is one. It does not
 // check that the customer exists: a missing customer has no opt-out, so
 // there is nothing to do, and the caller reads the customer afterwards.
-func (r *Repo) OptIn(ctx context.Context, id int64, ch Channel) error {
+func (r *Repo) OptIn(ctx context.Context, id int64, ch channel.Channel) error {
 	if _, err := r.db.ExecContext(ctx, optInSQL, id, ch); err != nil {
 		return postgres.Classify(err, "opt customer "+strconv.FormatInt(id, 10)+" in to "+string(ch))
 	}

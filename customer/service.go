@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 
+	"github.com/campaignd/dispatch/platform/channel"
 	"github.com/campaignd/dispatch/platform/page"
 )
 
@@ -34,8 +35,8 @@ func (s *Service) Get(ctx context.Context, id int64) (Customer, error) {
 // customer is looked up); an unknown customer is an error matching
 // ErrNotFound. The campaign and messaging features enforce the opt-out by
 // reading customer_opt_outs; this feature only records it.
-func (s *Service) OptOut(ctx context.Context, id int64, ch Channel) (Customer, error) {
-	if err := ch.validate(); err != nil {
+func (s *Service) OptOut(ctx context.Context, id int64, ch channel.Channel) (Customer, error) {
+	if _, err := channel.Parse("channel", string(ch)); err != nil {
 		return Customer{}, err
 	}
 	if err := s.repo.OptOut(ctx, id, ch); err != nil {
@@ -48,8 +49,8 @@ func (s *Service) OptOut(ctx context.Context, id int64, ch Channel) (Customer, e
 // on it again, and returns the customer as it now is. Opting in to a channel
 // the customer has not opted out of succeeds and changes nothing. Errors are
 // as for OptOut.
-func (s *Service) OptIn(ctx context.Context, id int64, ch Channel) (Customer, error) {
-	if err := ch.validate(); err != nil {
+func (s *Service) OptIn(ctx context.Context, id int64, ch channel.Channel) (Customer, error) {
+	if _, err := channel.Parse("channel", string(ch)); err != nil {
 		return Customer{}, err
 	}
 	if err := s.repo.OptIn(ctx, id, ch); err != nil {

@@ -1,20 +1,13 @@
 package messaging
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"unicode/utf8"
-)
 
-// Channel is the network a message goes out on. Messaging owns what a
-// channel allows (its length limit); the campaign and customer features
-// validate the same two values for their own rows (the jobs the pool
-// delivers carry the campaign's channel as a plain string).
-type Channel string
-
-const (
-	ChannelSMS      Channel = "sms"
-	ChannelWhatsApp Channel = "whatsapp"
+	"github.com/campaignd/dispatch/messaging/template"
+	"github.com/campaignd/dispatch/platform/channel"
 )
 
 // The longest message each channel takes by default, in characters. 1,600
@@ -35,11 +28,11 @@ type Limits struct {
 
 // MaxChars returns the longest message ch takes; 0, no limit, for a channel
 // it does not know.
-func (l Limits) MaxChars(ch Channel) int {
+func (l Limits) MaxChars(ch channel.Channel) int {
 	switch ch {
-	case ChannelSMS:
+	case channel.SMS:
 		return orDefault(l.SMS, DefaultSMSMaxChars)
-	case ChannelWhatsApp:
+	case channel.WhatsApp:
 		return orDefault(l.WhatsApp, DefaultWhatsAppMaxChars)
 	}
 	return 0
@@ -56,7 +49,7 @@ func orDefault(v, def int) int {
 // TooLongError is a rendered message longer than its channel takes. Retrying
 // cannot help: the same template and fields render the same text.
 type TooLongError struct {
-	Channel Channel
+	Channel channel.Channel
 	Chars   int // the rendered message's length
 	Max     int // the channel's limit
 }
@@ -72,10 +65,10 @@ func (e *TooLongError) Error() string {
 // checks the result against ch's limit: the one place both the preview and
 // delivery render a message. A message longer than ch takes is returned
 // rendered together with a *TooLongError, so that the preview can show it
-// with a warning; delivery must not send it. Any other error is Render's
-// *TemplateError, with "".
-func (l Limits) Render(ch Channel, tmpl string, fields map[string]string) (string, error) {
-	body, err := Render(tmpl, fields)
+// with a warning; delivery must not send it. Any other error is
+// template.Render's *template.Error, with "".
+func (l Limits) Render(ch channel.Channel, tmpl string, fields template.Fields) (string, error) {
+	body, err := template.Render(tmpl, fields)
 	if err != nil {
 		return "", err
 	}
@@ -107,4 +100,28 @@ func thousands(n int) string {
 		out = append(out, s[i])
 	}
 	return string(out)
+}
+
+// Templates adapts template.Check and [Limits.Render] to the small interfaces other
+// features declare, so they can depend on an interface rather than this
+// package's functions. The zero value is ready to use, with the default
+// limits.
+type Templates struct {
+	Limits Limits // the longest message per channel, as the worker pool enforces it
+}
+
+// Check calls [template.Check].
+func (Templates) Check(tmpl string) error { return template.Check(tmpl) }
+
+// Render renders tmpl for a message on channel exactly as delivery does
+// ([Limits.Render]). A message delivery would refuse as too long is returned
+// with the reason in warnings, such as "rendered message is 2,100
+// characters; sms allows 1,600". err is template.Render's *template.Error.
+func (t Templates) Render(ch, tmpl string, fields template.Fields) (msg string, warnings []string, err error) {
+	msg, err = t.Limits.Render(channel.Channel(ch), tmpl, fields)
+	var long *TooLongError
+	if errors.As(err, &long) {
+		return msg, []string{long.Error()}, nil
+	}
+	return msg, nil, err
 }

@@ -8,6 +8,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/campaignd/dispatch/messaging/template"
+	"github.com/campaignd/dispatch/platform/channel"
 	"github.com/campaignd/dispatch/platform/postgres/pgtest"
 )
 
@@ -16,24 +18,24 @@ import (
 // rendered to 68,000 characters and went out as one SMS.
 func TestLimitsRender(t *testing.T) {
 	t.Parallel()
-	long := map[string]string{"first_name": strings.Repeat("é", 400)} // 400 characters, 800 bytes
+	long := template.Fields{FirstName: strings.Repeat("é", 400)} // 400 characters, 800 bytes
 	tests := []struct {
 		name    string
 		limits  Limits
-		ch      Channel
+		ch      channel.Channel
 		tmpl    string
 		chars   int // rendered length
 		tooLong string
 	}{
-		{name: "sms at its default limit", ch: ChannelSMS, tmpl: strings.Repeat("{first_name}", 4), chars: 1600},
-		{name: "sms over its default limit", ch: ChannelSMS, tmpl: strings.Repeat("{first_name}", 4) + "!", chars: 1601,
+		{name: "sms at its default limit", ch: channel.SMS, tmpl: strings.Repeat("{first_name}", 4), chars: 1600},
+		{name: "sms over its default limit", ch: channel.SMS, tmpl: strings.Repeat("{first_name}", 4) + "!", chars: 1601,
 			tooLong: "rendered message is 1,601 characters; sms allows 1,600"},
-		{name: "the same text fits whatsapp", ch: ChannelWhatsApp, tmpl: strings.Repeat("{first_name}", 4) + "!", chars: 1601},
-		{name: "whatsapp over its default limit", ch: ChannelWhatsApp, tmpl: strings.Repeat("{first_name}", 170), chars: 68_000,
+		{name: "the same text fits whatsapp", ch: channel.WhatsApp, tmpl: strings.Repeat("{first_name}", 4) + "!", chars: 1601},
+		{name: "whatsapp over its default limit", ch: channel.WhatsApp, tmpl: strings.Repeat("{first_name}", 170), chars: 68_000,
 			tooLong: "rendered message is 68,000 characters; whatsapp allows 4,096"},
-		{name: "configured limit", limits: Limits{SMS: 100}, ch: ChannelSMS, tmpl: "{first_name}", chars: 400,
+		{name: "configured limit", limits: Limits{SMS: 100}, ch: channel.SMS, tmpl: "{first_name}", chars: 400,
 			tooLong: "rendered message is 400 characters; sms allows 100"},
-		{name: "characters, not bytes", limits: Limits{SMS: 400}, ch: ChannelSMS, tmpl: "{first_name}", chars: 400},
+		{name: "characters, not bytes", limits: Limits{SMS: 400}, ch: channel.SMS, tmpl: "{first_name}", chars: 400},
 		{name: "unknown channel has no limit", ch: "pigeon", tmpl: strings.Repeat("{first_name}", 170), chars: 68_000},
 	}
 	for _, tt := range tests {
@@ -57,9 +59,9 @@ func TestLimitsRender(t *testing.T) {
 	}
 
 	// An invalid template is still Render's error, with no text.
-	var te *TemplateError
-	if got, err := (Limits{}).Render(ChannelSMS, "Hi {name}", long); !errors.As(err, &te) || got != "" {
-		t.Errorf("invalid template = %q, %v; want \"\", *TemplateError", got, err)
+	var te *template.Error
+	if got, err := (Limits{}).Render(channel.SMS, "Hi {name}", long); !errors.As(err, &te) || got != "" {
+		t.Errorf("invalid template = %q, %v; want \"\", *template.Error", got, err)
 	}
 }
 
@@ -68,7 +70,7 @@ func TestLimitsRender(t *testing.T) {
 func TestTemplatesAdapterWarns(t *testing.T) {
 	t.Parallel()
 	tp := Templates{Limits: Limits{SMS: 5}}
-	got, warnings, err := tp.Render("sms", "Hi {first_name}", alice)
+	got, warnings, err := tp.Render("sms", "Hi {first_name}", template.Fields{FirstName: "Alice"})
 	if err != nil || got != "Hi Alice" {
 		t.Fatalf("Render = %q, %v; want the text and no error", got, err)
 	}
@@ -123,4 +125,20 @@ func deref(s *string) string {
 		return "<nil>"
 	}
 	return *s
+}
+
+func TestTemplatesAdapter(t *testing.T) {
+	t.Parallel()
+	var tp Templates
+	got, warnings, err := tp.Render("sms", "Hi {first_name}", template.Fields{FirstName: "Alice"})
+	if err != nil || got != "Hi Alice" || warnings != nil {
+		t.Errorf("Templates.Render = %q, %q, %v; want %q, nil, nil", got, warnings, err, "Hi Alice")
+	}
+	if err := tp.Check("Hi {first_name}"); err != nil {
+		t.Errorf("Templates.Check(valid) = %v, want nil", err)
+	}
+	var te *template.Error
+	if err := tp.Check("Hi {name}"); !errors.As(err, &te) {
+		t.Errorf("Templates.Check(invalid) = %v, want *template.Error", err)
+	}
 }

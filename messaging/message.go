@@ -3,6 +3,7 @@ package messaging
 import (
 	"time"
 
+	"github.com/campaignd/dispatch/messaging/template"
 	"github.com/campaignd/dispatch/platform/errs"
 )
 
@@ -52,27 +53,12 @@ type Message struct {
 // Job is a claimed message with everything needed to deliver it, loaded in
 // the claim's single query.
 type Job struct {
-	ID         int64  `db:"id"`
-	CampaignID int64  `db:"campaign_id"`
-	RetryCount int    `db:"retry_count"` // failed attempts before this one
-	Channel    string `db:"channel"`
-	Template   string `db:"base_template"`
-	Phone      string `db:"phone"`
-	FirstName  string `db:"first_name"`
-	LastName   string `db:"last_name"`
-	Location   string `db:"location"`
-	Product    string `db:"preferred_product"`
-}
-
-// Fields returns the template fields of the job's customer.
-func (j Job) Fields() map[string]string {
-	return map[string]string{
-		"first_name":        j.FirstName,
-		"last_name":         j.LastName,
-		"location":          j.Location,
-		"preferred_product": j.Product,
-		"phone":             j.Phone,
-	}
+	ID              int64  `db:"id"`
+	CampaignID      int64  `db:"campaign_id"`
+	RetryCount      int    `db:"retry_count"` // failed attempts before this one
+	Channel         string `db:"channel"`
+	Template        string `db:"base_template"`
+	template.Fields        // the customer's values, Phone among them
 }
 
 // ErrUnknownCustomers is returned by CreateMessages when customer ids do

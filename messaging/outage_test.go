@@ -13,6 +13,7 @@ import (
 
 	"github.com/lib/pq"
 
+	"github.com/campaignd/dispatch/messaging/queue"
 	"github.com/campaignd/dispatch/platform/logging/logtest"
 	"github.com/campaignd/dispatch/platform/postgres"
 	"github.com/campaignd/dispatch/platform/postgres/pgtest"
@@ -49,7 +50,7 @@ func (q *outageQueue) Fetch(ctx context.Context, c string, max int, wait time.Du
 	return q.memQueue.Fetch(ctx, c, max, wait)
 }
 
-func (q *outageQueue) Settle(ctx context.Context, c string, s Settlement) error {
+func (q *outageQueue) Settle(ctx context.Context, c string, s queue.Settlement) error {
 	if q.down.Load() {
 		q.failedSettles.Add(1)
 		return errRedisDown
@@ -304,7 +305,7 @@ func TestSettlerBacklogBounded(t *testing.T) {
 	s := newSettler(q, "test", slog.New(slog.NewJSONHandler(logs, nil)))
 	s.limit = 10
 	for i := range int64(6) { // 6 settlements of 3 ids: 18 > 10
-		s.add(Settlement{Done: []int64{3*i + 1, 3*i + 2, 3*i + 3}})
+		s.add(queue.Settlement{Done: []int64{3*i + 1, 3*i + 2, 3*i + 3}})
 	}
 	if n := s.backlog(); n > s.limit {
 		t.Fatalf("backlog %d ids, want at most %d", n, s.limit)

@@ -12,6 +12,7 @@ import (
 	"github.com/jmoiron/sqlx"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/campaignd/dispatch/messaging/queue"
 	"github.com/campaignd/dispatch/platform/postgres/pgtest"
 	"github.com/campaignd/dispatch/platform/redisx/redistest"
 )
@@ -21,7 +22,7 @@ import (
 type flowEnv struct {
 	db       *sqlx.DB
 	rdb      *redis.Client
-	queue    *RedisQueue
+	queue    *queue.Queue
 	svc      *Service
 	consumer string
 }
@@ -34,7 +35,7 @@ func newFlowEnv(t *testing.T, newSender func(*sqlx.DB) Sender, policy RetryPolic
 	t.Helper()
 	db := pgtest.New(t)
 	rdb, prefix := redistest.New(t)
-	queue := NewRedisQueue(rdb, prefix, "jobs")
+	queue := queue.New(rdb, prefix, "jobs")
 	svc := NewService(NewRepo(db.DB), queue, MaintenanceOptions{
 		PromoteInterval: 10 * time.Millisecond,
 		ReapInterval:    100 * time.Millisecond,
@@ -90,7 +91,7 @@ func (fe *flowEnv) waitSettled(t *testing.T) {
 		if err != nil {
 			t.Fatalf("depths: %v", err)
 		}
-		return d.Ready == 0 && d.Delayed == 0 && fe.llen(t, fe.queue.keys.processingPrefix+fe.consumer) == 0
+		return d.Ready == 0 && d.Delayed == 0 && fe.llen(t, fe.queue.Keys().ProcessingPrefix+fe.consumer) == 0
 	})
 }
 
@@ -196,7 +197,7 @@ func TestRedisFlowOutcomes(t *testing.T) {
 			if diff := cmp.Diff(wantDead, fe.deadLetters(t), cmpopts.EquateEmpty()); diff != "" {
 				t.Errorf("dead letters (-want +got):\n%s", diff)
 			}
-			if n := fe.llen(t, fe.queue.keys.processingPrefix+fe.consumer); n != 0 {
+			if n := fe.llen(t, fe.queue.Keys().ProcessingPrefix+fe.consumer); n != 0 {
 				t.Errorf("processing list holds %d jobs after the outcome", n)
 			}
 		})

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/campaignd/dispatch/messaging/queue"
 	"github.com/campaignd/dispatch/platform/loop"
 )
 
@@ -16,7 +17,7 @@ import (
 // the queue honest (retry promotion, dead-consumer reaping, the sweeper).
 type Service struct {
 	repo  *Repo
-	queue *RedisQueue
+	queue *queue.Queue
 	log   *slog.Logger
 	opts  MaintenanceOptions
 	now   func() time.Time
@@ -61,9 +62,9 @@ func (o *MaintenanceOptions) defaults() {
 }
 
 // NewService wires the messaging feature.
-func NewService(repo *Repo, queue *RedisQueue, opts MaintenanceOptions, log *slog.Logger) *Service {
+func NewService(repo *Repo, q *queue.Queue, opts MaintenanceOptions, log *slog.Logger) *Service {
 	opts.defaults()
-	return &Service{repo: repo, queue: queue, opts: opts, log: log, now: time.Now,
+	return &Service{repo: repo, queue: q, opts: opts, log: log, now: time.Now,
 		wake: make(chan struct{}, 1), feed: make(chan struct{}, 1)}
 }
 
@@ -71,7 +72,7 @@ func NewService(repo *Repo, queue *RedisQueue, opts MaintenanceOptions, log *slo
 func (s *Service) Repo() *Repo { return s.repo }
 
 // QueueDepths reports the queue's sizes for /health.
-func (s *Service) QueueDepths(ctx context.Context) (Depths, error) { return s.queue.Depths(ctx) }
+func (s *Service) QueueDepths(ctx context.Context) (queue.Depths, error) { return s.queue.Depths(ctx) }
 
 // RunMaintenance runs the promoter, the reaper and the sweeper, each in its
 // own loop (loop.Every: at once, then every interval, backing off while

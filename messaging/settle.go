@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/campaignd/dispatch/messaging/queue"
 	"github.com/campaignd/dispatch/platform/loop"
 )
 
@@ -42,27 +43,27 @@ type settler struct {
 	limit    int // settleBacklog; tests lower it
 
 	mu      sync.Mutex
-	pending []Settlement // oldest first
-	ids     int          // ids in pending
-	dropped int          // ids dropped and not yet reported
+	pending []queue.Settlement // oldest first
+	ids     int                // ids in pending
+	dropped int                // ids dropped and not yet reported
 	wake    chan struct{}
 }
 
-func newSettler(queue jobQueue, consumer string, log *slog.Logger) *settler {
-	return &settler{queue: queue, consumer: consumer, log: log, limit: settleBacklog, wake: make(chan struct{}, 1)}
+func newSettler(q jobQueue, consumer string, log *slog.Logger) *settler {
+	return &settler{queue: q, consumer: consumer, log: log, limit: settleBacklog, wake: make(chan struct{}, 1)}
 }
 
 // add queues x to be settled; it never blocks.
-func (s *settler) add(x Settlement) {
-	if x.empty() {
+func (s *settler) add(x queue.Settlement) {
+	if x.Empty() {
 		return
 	}
 	s.mu.Lock()
 	s.pending = append(s.pending, x)
-	s.ids += x.size()
+	s.ids += x.Size()
 	for s.ids > s.limit && len(s.pending) > 1 {
-		n := s.pending[0].size()
-		s.pending[0] = Settlement{}
+		n := s.pending[0].Size()
+		s.pending[0] = queue.Settlement{}
 		s.pending = s.pending[1:]
 		s.ids -= n
 		s.dropped += n
@@ -83,20 +84,20 @@ func (s *settler) backlog() int {
 
 // take removes the oldest waiting settlements, whole, up to settleChunk ids
 // (at least one), merged into one. false: nothing waits.
-func (s *settler) take() (Settlement, int, bool) {
+func (s *settler) take() (queue.Settlement, int, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	dropped := s.dropped
 	s.dropped = 0
 	if len(s.pending) == 0 {
-		return Settlement{}, dropped, false
+		return queue.Settlement{}, dropped, false
 	}
 	out := s.pending[0]
-	n := out.size()
+	n := out.Size()
 	i := 1
-	for ; i < len(s.pending) && n+s.pending[i].size() <= settleChunk; i++ {
-		out = out.merge(s.pending[i])
-		n += s.pending[i].size()
+	for ; i < len(s.pending) && n+s.pending[i].Size() <= settleChunk; i++ {
+		out = out.Merge(s.pending[i])
+		n += s.pending[i].Size()
 	}
 	clear(s.pending[:i])
 	s.pending = s.pending[i:]
@@ -134,40 +135,8 @@ func (s *settler) run(ctx context.Context, closing <-chan struct{}) {
 		})
 		if err != nil {
 			s.log.Warn("gave up settling jobs in redis at shutdown; they stay in the processing list and return to the queue",
-				"jobs", batch.size()+s.backlog(), "err", err)
+				"jobs", batch.Size()+s.backlog(), "err", err)
 			return
 		}
 	}
-}
-
-func (s Settlement) size() int {
-	return len(s.Done) + len(s.Delay) + len(s.Dead) + len(s.Requeue)
-}
-
-// delay adds id, due at at, to s.Delay.
-func (s *Settlement) delay(id int64, at time.Time) {
-	if s.Delay == nil {
-		s.Delay = map[int64]time.Time{}
-	}
-	s.Delay[id] = at
-}
-
-// merge returns s and o in one settlement. An id in both is settled twice,
-// which is harmless: the second removal from the processing list finds
-// nothing, and a second copy queued is claimed once.
-func (s Settlement) merge(o Settlement) Settlement {
-	s.Done = append(s.Done, o.Done...)
-	s.Dead = append(s.Dead, o.Dead...)
-	s.Requeue = append(s.Requeue, o.Requeue...)
-	if len(o.Delay) > 0 {
-		d := make(map[int64]time.Time, len(s.Delay)+len(o.Delay))
-		for id, at := range s.Delay {
-			d[id] = at
-		}
-		for id, at := range o.Delay {
-			d[id] = at
-		}
-		s.Delay = d
-	}
-	return s
 }

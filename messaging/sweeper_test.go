@@ -12,6 +12,7 @@ import (
 	"github.com/lib/pq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/campaignd/dispatch/messaging/queue"
 	"github.com/campaignd/dispatch/platform/postgres/pgtest"
 	"github.com/campaignd/dispatch/platform/redisx/redistest"
 )
@@ -21,7 +22,7 @@ import (
 type sweepEnv struct {
 	db    *sqlx.DB
 	rdb   *redis.Client
-	queue *RedisQueue
+	queue *queue.Queue
 	svc   *Service
 }
 
@@ -29,14 +30,14 @@ func newSweepEnv(t *testing.T, opts MaintenanceOptions) *sweepEnv {
 	t.Helper()
 	db := pgtest.New(t)
 	rdb, prefix := redistest.New(t)
-	queue := NewRedisQueue(rdb, prefix, "jobs")
+	queue := queue.New(rdb, prefix, "jobs")
 	return &sweepEnv{db: db.DB, rdb: rdb, queue: queue, svc: NewService(NewRepo(db.DB), queue, opts, quiet)}
 }
 
 // ready returns the ids in the ready list, sorted (duplicates kept).
 func (se *sweepEnv) ready(t *testing.T) []int64 {
 	t.Helper()
-	vals, err := se.rdb.LRange(context.Background(), se.queue.keys.ready, 0, -1).Result()
+	vals, err := se.rdb.LRange(context.Background(), se.queue.Keys().Ready, 0, -1).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,11 +86,11 @@ func (se *sweepEnv) feedAll(t *testing.T) []int64 {
 	t.Helper()
 	f := &feeder{s: se.svc}
 	for range 100 {
-		before, _ := se.rdb.LLen(context.Background(), se.queue.keys.ready).Result()
+		before, _ := se.rdb.LLen(context.Background(), se.queue.Keys().Ready).Result()
 		if _, _, err := f.round(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		after, _ := se.rdb.LLen(context.Background(), se.queue.keys.ready).Result()
+		after, _ := se.rdb.LLen(context.Background(), se.queue.Keys().Ready).Result()
 		if after == before {
 			break
 		}
@@ -121,7 +122,7 @@ func TestSweepRebuildsLostQueue(t *testing.T) {
 	se.queued(t, ids[0], ids[1], other[0]) // in Redis before it was lost
 	active := sortedIDs(ids[0], ids[1], other[0])
 
-	if n, _ := se.rdb.Exists(ctx, se.queue.keys.epoch).Result(); n != 0 {
+	if n, _ := se.rdb.Exists(ctx, se.queue.Keys().Epoch).Result(); n != 0 {
 		t.Fatal("epoch key exists before the first sweep")
 	}
 	se.svc.Sweep(ctx)
@@ -131,7 +132,7 @@ func TestSweepRebuildsLostQueue(t *testing.T) {
 	if diff := cmp.Diff(active, se.feedAll(t)); diff != "" {
 		t.Errorf("after feeding, ready (-pending and sending +got):\n%s", diff)
 	}
-	if n, _ := se.rdb.Exists(ctx, se.queue.keys.epoch).Result(); n != 1 {
+	if n, _ := se.rdb.Exists(ctx, se.queue.Keys().Epoch).Result(); n != 1 {
 		t.Error("the sweep did not set the epoch key")
 	}
 
@@ -141,7 +142,7 @@ func TestSweepRebuildsLostQueue(t *testing.T) {
 	}
 
 	// Redis is flushed: the next sweep rebuilds the queue again.
-	if err := se.rdb.Del(ctx, se.queue.keys.epoch, se.queue.keys.ready).Err(); err != nil {
+	if err := se.rdb.Del(ctx, se.queue.Keys().Epoch, se.queue.Keys().Ready).Err(); err != nil {
 		t.Fatal(err)
 	}
 	se.svc.Sweep(ctx)
@@ -180,7 +181,7 @@ INSERT INTO outbound_messages (campaign_id, customer_id) SELECT $1, id FROM c`, 
 		}
 		fed = append(fed, got...)
 		// The workers take everything (the messages stay pending, queued).
-		if err := se.rdb.Del(ctx, se.queue.keys.ready).Err(); err != nil {
+		if err := se.rdb.Del(ctx, se.queue.Keys().Ready).Err(); err != nil {
 			t.Fatal(err)
 		}
 	}

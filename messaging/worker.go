@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/campaignd/dispatch/messaging/queue"
+	"github.com/campaignd/dispatch/platform/channel"
 	"github.com/campaignd/dispatch/platform/loop"
 )
 
@@ -17,7 +19,7 @@ import (
 // and tests use an in-memory one.
 type jobQueue interface {
 	Fetch(ctx context.Context, consumer string, max int, wait time.Duration) ([]int64, error)
-	Settle(ctx context.Context, consumer string, s Settlement) error
+	Settle(ctx context.Context, consumer string, s queue.Settlement) error
 	Heartbeat(ctx context.Context, consumer string, now time.Time) error
 	Release(ctx context.Context, consumer string) (int, error)
 }
@@ -141,13 +143,13 @@ type Pool struct {
 }
 
 // NewPool builds a pool; Run starts it.
-func NewPool(opts PoolOptions, queue jobQueue, repo *Repo, sender Sender, policy RetryPolicy, log *slog.Logger) *Pool {
+func NewPool(opts PoolOptions, q jobQueue, repo *Repo, sender Sender, policy RetryPolicy, log *slog.Logger) *Pool {
 	opts.defaults()
 	return &Pool{
-		opts: opts, queue: queue, repo: repo, sender: sender, policy: policy,
+		opts: opts, queue: q, repo: repo, sender: sender, policy: policy,
 		log: log.With("consumer", opts.Consumer), jitter: randomJitter, now: time.Now,
 		campaigns:  newCampaignStatuses(repo),
-		settler:    newSettler(queue, opts.Consumer, log.With("consumer", opts.Consumer)),
+		settler:    newSettler(q, opts.Consumer, log.With("consumer", opts.Consumer)),
 		infraDelay: infraRetryDelay,
 	}
 }
@@ -388,7 +390,7 @@ func (p *Pool) claim(ctx context.Context, ids []int64) ([]Job, time.Time) {
 	// processing list.
 	seen := make(map[int64]bool, len(ids))
 	uniq := ids[:0:0]
-	var dups Settlement
+	var dups queue.Settlement
 	for _, id := range ids {
 		if seen[id] {
 			dups.Done = append(dups.Done, id)
@@ -435,13 +437,13 @@ func (p *Pool) observeCancelled(unclaimed []Unclaimed) {
 }
 
 func (p *Pool) settleUnclaimed(unclaimed []Unclaimed) {
-	var s Settlement
+	var s queue.Settlement
 	for _, u := range unclaimed {
 		if u.RetryAt.IsZero() {
 			s.Done = append(s.Done, u.ID)
 			continue
 		}
-		s.delay(u.ID, u.RetryAt)
+		s.AddDelay(u.ID, u.RetryAt)
 	}
 	p.settler.add(s)
 }
@@ -460,7 +462,7 @@ func (p *Pool) deliver(sendCtx context.Context, cj claimedJob) (r result) {
 			r = p.failure(j, fmt.Errorf("panic during delivery: %v", v), false)
 		}
 	}()
-	body, err := p.opts.Limits.Render(Channel(j.Channel), j.Template, j.Fields())
+	body, err := p.opts.Limits.Render(channel.Channel(j.Channel), j.Template, j.Fields)
 	if err != nil {
 		// Neither a template that cannot render nor a message too long for
 		// its channel gets better with another attempt.
@@ -618,7 +620,7 @@ func (p *Pool) flush(ctx context.Context, batch []result) {
 		return
 	}
 	outcomes := make([]Outcome, len(batch))
-	var s Settlement
+	var s queue.Settlement
 	for i, r := range batch {
 		outcomes[i] = r.outcome
 		switch r.kind() {
@@ -632,10 +634,10 @@ func (p *Pool) flush(ctx context.Context, batch []result) {
 			if r.outcome.NextAttemptAt.IsZero() {
 				s.Requeue = append(s.Requeue, r.job.ID)
 			} else {
-				s.delay(r.job.ID, r.outcome.NextAttemptAt)
+				s.AddDelay(r.job.ID, r.outcome.NextAttemptAt)
 			}
 		default:
-			s.delay(r.job.ID, r.outcome.NextAttemptAt)
+			s.AddDelay(r.job.ID, r.outcome.NextAttemptAt)
 		}
 	}
 	err := loop.Retry(ctx, "recording outcomes", p.log, func(ctx context.Context) error {

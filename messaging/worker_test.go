@@ -14,6 +14,7 @@ import (
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
 
+	"github.com/campaignd/dispatch/messaging/queue"
 	"github.com/campaignd/dispatch/platform/postgres/pgtest"
 )
 
@@ -74,7 +75,7 @@ func (q *memQueue) unhold(id int64) {
 	}
 }
 
-func (q *memQueue) Settle(_ context.Context, _ string, s Settlement) error {
+func (q *memQueue) Settle(_ context.Context, _ string, s queue.Settlement) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for _, id := range s.Done {

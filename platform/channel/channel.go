@@ -3,6 +3,8 @@
 // one, and messaging delivers on one, each importing this package.
 package channel
 
+import "github.com/campaignd/dispatch/platform/errs"
+
 // Channel is a delivery network.
 type Channel string
 
@@ -25,4 +27,18 @@ func Values() []string {
 		out[i] = string(c)
 	}
 	return out
+}
+
+// Parse reads a channel given in field (a body's channel, a query
+// parameter): exactly one of the known values, case-sensitive and
+// untrimmed; anything else is a VALIDATION_ERROR naming field.
+func Parse(field, s string) (Channel, error) {
+	c := Channel(s)
+	switch {
+	case c.Valid():
+		return c, nil
+	case s == "":
+		return "", errs.Validation(field, "%s is required: %q or %q", field, SMS, WhatsApp)
+	}
+	return "", errs.Validation(field, "%s must be %q or %q, got %s", field, SMS, WhatsApp, errs.Quote(s))
 }

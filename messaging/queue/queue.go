@@ -1,4 +1,4 @@
-package messaging
+package queue
 
 import (
 	"context"
@@ -14,7 +14,7 @@ import (
 	"github.com/campaignd/dispatch/platform/redisx"
 )
 
-// RedisQueue is the job queue: message ids in Redis. PostgreSQL stays the
+// Queue is the job queue: message ids in Redis. PostgreSQL stays the
 // source of truth; the queue only carries work, and everything it holds can
 // be rebuilt from the outbound_messages table.
 //
@@ -31,27 +31,32 @@ import (
 // removes them only after the database holds their outcome, so a consumer
 // that dies loses nothing: once its heartbeat is older than the consumer TTL,
 // any replica's reaper moves its processing list back onto Q.
-type RedisQueue struct {
+type Queue struct {
 	rdb  *redis.Client
-	keys queueKeys
+	keys Keys
 }
 
-type queueKeys struct {
-	ready, consumers, delayed, dead, epoch string
-	processingPrefix                       string
+// Keys names the queue's Redis keys (see Queue).
+type Keys struct {
+	Ready, Consumers, Delayed, Dead, Epoch string
+	ProcessingPrefix                       string // + consumer id
 }
 
-// NewRedisQueue returns the queue named name under prefix.
-func NewRedisQueue(rdb *redis.Client, prefix, name string) *RedisQueue {
+// Keys returns the queue's key names, for tests and tools that inspect
+// Redis directly.
+func (q *Queue) Keys() Keys { return q.keys }
+
+// NewQueue returns the queue named name under prefix.
+func New(rdb *redis.Client, prefix, name string) *Queue {
 	k := redisx.Keys{Prefix: prefix}
 	q := k.Key(name)
-	return &RedisQueue{rdb: rdb, keys: queueKeys{
-		ready:            q,
-		consumers:        q + ":consumers",
-		delayed:          q + ":delayed",
-		dead:             q + ":dead",
-		epoch:            q + ":epoch",
-		processingPrefix: q + ":processing:",
+	return &Queue{rdb: rdb, keys: Keys{
+		Ready:            q,
+		Consumers:        q + ":consumers",
+		Delayed:          q + ":delayed",
+		Dead:             q + ":dead",
+		Epoch:            q + ":epoch",
+		ProcessingPrefix: q + ":processing:",
 	}}
 }
 
@@ -60,7 +65,7 @@ func NewRedisQueue(rdb *redis.Client, prefix, name string) *RedisQueue {
 const pushChunk = 1000
 
 // Push appends ids to the ready list.
-func (q *RedisQueue) Push(ctx context.Context, ids []int64) error {
+func (q *Queue) Push(ctx context.Context, ids []int64) error {
 	if len(ids) == 0 {
 		return nil
 	}
@@ -71,7 +76,7 @@ func (q *RedisQueue) Push(ctx context.Context, ids []int64) error {
 			for _, id := range ids[start:end] {
 				args = append(args, id)
 			}
-			p.LPush(ctx, q.keys.ready, args...)
+			p.LPush(ctx, q.keys.Ready, args...)
 		}
 		return nil
 	})
@@ -79,8 +84,8 @@ func (q *RedisQueue) Push(ctx context.Context, ids []int64) error {
 }
 
 // ReadyLen is the ready list's length.
-func (q *RedisQueue) ReadyLen(ctx context.Context) (int64, error) {
-	n, err := q.rdb.LLen(ctx, q.keys.ready).Result()
+func (q *Queue) ReadyLen(ctx context.Context) (int64, error) {
+	n, err := q.rdb.LLen(ctx, q.keys.Ready).Result()
 	return n, redisx.Classify(err, "ready list length")
 }
 
@@ -99,9 +104,9 @@ return out
 // Fetch moves up to max ids into consumer's processing list and returns
 // them. When the ready list is empty it blocks for at most wait, then
 // returns nothing; a short wait keeps shutdown prompt.
-func (q *RedisQueue) Fetch(ctx context.Context, consumer string, max int, wait time.Duration) ([]int64, error) {
-	proc := q.keys.processingPrefix + consumer
-	vals, err := moveBatch.Run(ctx, q.rdb, []string{q.keys.ready, proc}, max).StringSlice()
+func (q *Queue) Fetch(ctx context.Context, consumer string, max int, wait time.Duration) ([]int64, error) {
+	proc := q.keys.ProcessingPrefix + consumer
+	vals, err := moveBatch.Run(ctx, q.rdb, []string{q.keys.Ready, proc}, max).StringSlice()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return nil, redisx.Classify(err, "fetch jobs")
 	}
@@ -109,7 +114,7 @@ func (q *RedisQueue) Fetch(ctx context.Context, consumer string, max int, wait t
 		if wait < time.Millisecond {
 			return nil, nil // no wait asked for (BLMOVE would read 0 as forever)
 		}
-		v, err := q.blockingMove(ctx, q.keys.ready, proc, wait).Result()
+		v, err := q.blockingMove(ctx, q.keys.Ready, proc, wait).Result()
 		if errors.Is(err, redis.Nil) {
 			return nil, nil
 		}
@@ -135,7 +140,7 @@ func (q *RedisQueue) Fetch(ctx context.Context, consumer string, max int, wait t
 // least 1ms). go-redis's BLMove sends whole seconds only, rounding a 100ms
 // wait up to 1s; Redis 6+ takes fractions, so a wait shorter than the
 // client's read timeout (redisx: 5s) is sent as is, in milliseconds.
-func (q *RedisQueue) blockingMove(ctx context.Context, src, dst string, wait time.Duration) *redis.StringCmd {
+func (q *Queue) blockingMove(ctx context.Context, src, dst string, wait time.Duration) *redis.StringCmd {
 	if wait >= 3*time.Second || wait%time.Second == 0 {
 		return q.rdb.BLMove(ctx, src, dst, "RIGHT", "LEFT", wait)
 	}
@@ -153,18 +158,19 @@ type Settlement struct {
 	Requeue []int64             // not attempted (shutdown): back to the front of the ready list
 }
 
-func (s Settlement) empty() bool {
+// Empty reports whether s settles nothing.
+func (s Settlement) Empty() bool {
 	return len(s.Done) == 0 && len(s.Delay) == 0 && len(s.Dead) == 0 && len(s.Requeue) == 0
 }
 
 // Settle applies s for consumer in one MULTI, so a job is never both
 // acknowledged and lost: it leaves the processing list in the same step as
 // it enters the delayed set, the dead-letter list or the ready list.
-func (q *RedisQueue) Settle(ctx context.Context, consumer string, s Settlement) error {
-	if s.empty() {
+func (q *Queue) Settle(ctx context.Context, consumer string, s Settlement) error {
+	if s.Empty() {
 		return nil
 	}
-	proc := q.keys.processingPrefix + consumer
+	proc := q.keys.ProcessingPrefix + consumer
 	// LREM with count -1 removes one copy scanning from the tail, where the
 	// oldest jobs are (Fetch pushes at the head), so settling a batch does
 	// not walk the whole in-flight list once per job.
@@ -173,15 +179,15 @@ func (q *RedisQueue) Settle(ctx context.Context, consumer string, s Settlement) 
 			p.LRem(ctx, proc, -1, id)
 		}
 		for id, at := range s.Delay {
-			p.ZAdd(ctx, q.keys.delayed, redis.Z{Score: float64(at.UnixMilli()), Member: id})
+			p.ZAdd(ctx, q.keys.Delayed, redis.Z{Score: float64(at.UnixMilli()), Member: id})
 			p.LRem(ctx, proc, -1, id)
 		}
 		for _, id := range s.Dead {
-			p.LPush(ctx, q.keys.dead, id)
+			p.LPush(ctx, q.keys.Dead, id)
 			p.LRem(ctx, proc, -1, id)
 		}
 		for _, id := range s.Requeue {
-			p.RPush(ctx, q.keys.ready, id)
+			p.RPush(ctx, q.keys.Ready, id)
 			p.LRem(ctx, proc, -1, id)
 		}
 		return nil
@@ -203,14 +209,14 @@ return #ids
 
 // PromoteDue moves retries that are due onto the ready list and returns how
 // many it moved (at most 1,000 a call).
-func (q *RedisQueue) PromoteDue(ctx context.Context, now time.Time) (int, error) {
-	n, err := promoteDue.Run(ctx, q.rdb, []string{q.keys.delayed, q.keys.ready}, now.UnixMilli(), 1000).Int()
+func (q *Queue) PromoteDue(ctx context.Context, now time.Time) (int, error) {
+	n, err := promoteDue.Run(ctx, q.rdb, []string{q.keys.Delayed, q.keys.Ready}, now.UnixMilli(), 1000).Int()
 	return n, redisx.Classify(err, "promote due retries")
 }
 
 // Heartbeat records that consumer is alive.
-func (q *RedisQueue) Heartbeat(ctx context.Context, consumer string, now time.Time) error {
-	err := q.rdb.ZAdd(ctx, q.keys.consumers, redis.Z{Score: float64(now.UnixMilli()), Member: consumer}).Err()
+func (q *Queue) Heartbeat(ctx context.Context, consumer string, now time.Time) error {
+	err := q.rdb.ZAdd(ctx, q.keys.Consumers, redis.Z{Score: float64(now.UnixMilli()), Member: consumer}).Err()
 	return redisx.Classify(err, "heartbeat")
 }
 
@@ -228,8 +234,8 @@ return n
 
 // ReapDead returns the jobs of every consumer whose last heartbeat is older
 // than cutoff to the ready list. It returns how many jobs it moved.
-func (q *RedisQueue) ReapDead(ctx context.Context, cutoff time.Time) (int, error) {
-	dead, err := q.rdb.ZRangeByScore(ctx, q.keys.consumers, &redis.ZRangeBy{
+func (q *Queue) ReapDead(ctx context.Context, cutoff time.Time) (int, error) {
+	dead, err := q.rdb.ZRangeByScore(ctx, q.keys.Consumers, &redis.ZRangeBy{
 		Min: "-inf", Max: strconv.FormatInt(cutoff.UnixMilli(), 10),
 	}).Result()
 	if err != nil {
@@ -248,13 +254,13 @@ func (q *RedisQueue) ReapDead(ctx context.Context, cutoff time.Time) (int, error
 
 // Release returns everything consumer still holds to the ready list and
 // forgets the consumer. A pool calls it as the last step of shutdown.
-func (q *RedisQueue) Release(ctx context.Context, consumer string) (int, error) {
+func (q *Queue) Release(ctx context.Context, consumer string) (int, error) {
 	return q.release(ctx, consumer, time.Now().Add(time.Hour))
 }
 
-func (q *RedisQueue) release(ctx context.Context, consumer string, cutoff time.Time) (int, error) {
+func (q *Queue) release(ctx context.Context, consumer string, cutoff time.Time) (int, error) {
 	n, err := reclaim.Run(ctx, q.rdb,
-		[]string{q.keys.consumers, q.keys.processingPrefix + consumer, q.keys.ready},
+		[]string{q.keys.Consumers, q.keys.ProcessingPrefix + consumer, q.keys.Ready},
 		consumer, cutoff.UnixMilli()).Int()
 	if err != nil {
 		return 0, redisx.Classify(err, "reclaim jobs of consumer "+consumer)
@@ -267,8 +273,8 @@ func (q *RedisQueue) release(ctx context.Context, consumer string, cutoff time.T
 // marker if it is missing and returns true when it had to. The first start
 // against an empty Redis also returns true, which is right: nothing the
 // database considers queued is in Redis.
-func (q *RedisQueue) EnsureEpoch(ctx context.Context) (bool, error) {
-	ok, err := q.rdb.SetNX(ctx, q.keys.epoch, time.Now().UTC().Format(time.RFC3339Nano), 0).Result()
+func (q *Queue) EnsureEpoch(ctx context.Context) (bool, error) {
+	ok, err := q.rdb.SetNX(ctx, q.keys.Epoch, time.Now().UTC().Format(time.RFC3339Nano), 0).Result()
 	return ok, redisx.Classify(err, "check queue epoch")
 }
 
@@ -282,15 +288,15 @@ type Depths struct {
 }
 
 // Depths reads the queue's sizes in one round trip plus one per consumer.
-func (q *RedisQueue) Depths(ctx context.Context) (Depths, error) {
+func (q *Queue) Depths(ctx context.Context) (Depths, error) {
 	var d Depths
 	var ready, delayed, dead *redis.IntCmd
 	var consumers *redis.StringSliceCmd
 	_, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		ready = p.LLen(ctx, q.keys.ready)
-		delayed = p.ZCard(ctx, q.keys.delayed)
-		dead = p.LLen(ctx, q.keys.dead)
-		consumers = p.ZRange(ctx, q.keys.consumers, 0, -1)
+		ready = p.LLen(ctx, q.keys.Ready)
+		delayed = p.ZCard(ctx, q.keys.Delayed)
+		dead = p.LLen(ctx, q.keys.Dead)
+		consumers = p.ZRange(ctx, q.keys.Consumers, 0, -1)
 		return nil
 	})
 	if err != nil {
@@ -301,7 +307,7 @@ func (q *RedisQueue) Depths(ctx context.Context) (Depths, error) {
 	if len(consumers.Val()) > 0 {
 		cmds, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for _, c := range consumers.Val() {
-				p.LLen(ctx, q.keys.processingPrefix+c)
+				p.LLen(ctx, q.keys.ProcessingPrefix+c)
 			}
 			return nil
 		})
@@ -316,8 +322,8 @@ func (q *RedisQueue) Depths(ctx context.Context) (Depths, error) {
 }
 
 // DeadLetters returns up to n dead-letter ids, newest first.
-func (q *RedisQueue) DeadLetters(ctx context.Context, n int64) ([]int64, error) {
-	vals, err := q.rdb.LRange(ctx, q.keys.dead, 0, n-1).Result()
+func (q *Queue) DeadLetters(ctx context.Context, n int64) ([]int64, error) {
+	vals, err := q.rdb.LRange(ctx, q.keys.Dead, 0, n-1).Result()
 	if err != nil {
 		return nil, redisx.Classify(err, "read dead letters")
 	}
@@ -335,4 +341,37 @@ func NewConsumerID(host string) string {
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	return fmt.Sprintf("%s-%s", host, hex.EncodeToString(b))
+}
+
+// Size is the number of ids s settles.
+func (s Settlement) Size() int {
+	return len(s.Done) + len(s.Delay) + len(s.Dead) + len(s.Requeue)
+}
+
+// AddDelay adds id, due at at, to s.Delay.
+func (s *Settlement) AddDelay(id int64, at time.Time) {
+	if s.Delay == nil {
+		s.Delay = map[int64]time.Time{}
+	}
+	s.Delay[id] = at
+}
+
+// Merge returns s and o in one settlement. An id in both is settled twice,
+// which is harmless: the second removal from the processing list finds
+// nothing, and a second copy queued is claimed once.
+func (s Settlement) Merge(o Settlement) Settlement {
+	s.Done = append(s.Done, o.Done...)
+	s.Dead = append(s.Dead, o.Dead...)
+	s.Requeue = append(s.Requeue, o.Requeue...)
+	if len(o.Delay) > 0 {
+		d := make(map[int64]time.Time, len(s.Delay)+len(o.Delay))
+		for id, at := range s.Delay {
+			d[id] = at
+		}
+		for id, at := range o.Delay {
+			d[id] = at
+		}
+		s.Delay = d
+	}
+	return s
 }

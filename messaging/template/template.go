@@ -1,7 +1,11 @@
-package messaging
+// Package template is the message template language: placeholders such as
+// {first_name} filled from a customer's fields, "{{" and "}}" for literal
+// braces. It owns the list of fields a template may use (Fields, Names);
+// the preview, the claim that loads a message's customer, and delivery all
+// take that list from here. Rendering is pure.
+package template
 
 import (
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -9,12 +13,28 @@ import (
 	"unicode/utf8"
 )
 
-// Placeholders lists the field names a template may use, in display order.
-var Placeholders = []string{"first_name", "last_name", "location", "preferred_product", "phone"}
+// Fields are the customer values a template may use, one per placeholder.
+// The tags name the placeholder, the API's JSON field and the customers
+// table's column, which are the same word.
+type Fields struct {
+	FirstName        string `json:"first_name" db:"first_name"`
+	LastName         string `json:"last_name" db:"last_name"`
+	Location         string `json:"location" db:"location"`
+	PreferredProduct string `json:"preferred_product" db:"preferred_product"`
+	Phone            string `json:"phone" db:"phone"`
+}
 
-// placeholderNames is the list the engine actually enforces. It is separate
-// from the exported slice so that a caller modifying Placeholders cannot
-// change which templates are accepted.
+// values returns f in placeholderNames order.
+func (f Fields) values() [len(placeholderNames)]string {
+	return [...]string{f.FirstName, f.LastName, f.Location, f.PreferredProduct, f.Phone}
+}
+
+// Names returns the placeholder names a template may use, in display order
+// (a fresh slice each call, so no caller can change what is accepted).
+func Names() []string { return placeholderNames[:len(placeholderNames):len(placeholderNames)] }
+
+// placeholderNames is the list the engine enforces, in the order of
+// Fields' fields.
 var placeholderNames = [...]string{"first_name", "last_name", "location", "preferred_product", "phone"}
 
 // placeholderIndex returns the position of name in placeholderNames, or -1.
@@ -36,9 +56,9 @@ func placeholderIndex(name string) int {
 	return -1
 }
 
-// TemplateError describes why a template is invalid. At least one of Unknown
+// Error describes why a template is invalid. At least one of Unknown
 // and Problem is set.
-type TemplateError struct {
+type Error struct {
 	Unknown []string // unknown placeholder names, deduplicated, first-seen order
 	Problem string   // syntax problem description, e.g. `unclosed "{" at character 4`; empty if only unknown placeholders
 }
@@ -50,7 +70,7 @@ type TemplateError struct {
 //
 // The text is meant for the person editing the template; code should inspect
 // the fields instead.
-func (e *TemplateError) Error() string {
+func (e *Error) Error() string {
 	var b strings.Builder
 	if e.Problem != "" {
 		b.WriteString(e.Problem)
@@ -88,7 +108,7 @@ func writeBraced(b *strings.Builder, names []string) {
 }
 
 // Check reports whether tmpl is a valid template. On failure it returns
-// *TemplateError. Call it wherever a template enters the system (campaign
+// *Error. Call it wherever a template enters the system (campaign
 // create/update, preview), so that delivery never meets an invalid one.
 // Check(tmpl) returns nil exactly when [Render] of tmpl succeeds.
 //
@@ -105,15 +125,15 @@ func writeBraced(b *strings.Builder, names []string) {
 //     greedily, so "{{first_name}}" renders as the text "{first_name}" and
 //     "{{{first_name}}}" renders the first name wrapped in braces.
 //   - Any other "{" opens a placeholder that ends at the next "}". The text in
-//     between is the placeholder name and must be one of [Placeholders],
+//     between is the placeholder name and must be one of [Names],
 //     matched exactly (case-sensitive): "{First_Name}" is unknown.
-//   - A field that is missing from the map or empty renders as "". Field
+//   - An empty field renders as "". Field
 //     values are inserted verbatim and never re-scanned, so a value containing
 //     braces renders as is.
 //   - Text outside placeholders, including any Unicode, emoji or even invalid
 //     UTF-8, is copied unchanged.
 //
-// A template is invalid, and is rejected with a *[TemplateError], when it has:
+// A template is invalid, and is rejected with a *[Error], when it has:
 //
 //   - an unclosed "{": a "{" with no "}" after it ("Hi {first_name");
 //   - an unmatched "}": a "}" that neither closes a placeholder nor is part of
@@ -140,26 +160,22 @@ func Check(tmpl string) error {
 	return nil
 }
 
-// Render fills tmpl's placeholders from fields, keyed by placeholder name
-// ("first_name", ...). Missing keys render as "". It returns a *TemplateError
+// Render fills tmpl's placeholders from fields; an empty field renders as "". It returns a *Error
 // if tmpl is invalid (it never panics), in which case the string is "". The
 // syntax is described at [Check].
 //
 // Render is pure: the same template and fields always give the same result,
 // so the preview shows exactly what the worker sends. It makes at most one
 // allocation, for the result, and none when tmpl contains no braces.
-func Render(tmpl string, fields map[string]string) (string, error) {
+func Render(tmpl string, fields Fields) (string, error) {
 	first := strings.IndexAny(tmpl, "{}")
 	if first < 0 {
 		return tmpl, nil
 	}
-	// Looking every field up once up front both sizes the builder and saves
-	// repeated map lookups for placeholders used several times.
-	var vals [len(placeholderNames)]string
+	vals := fields.values()
 	size := len(tmpl)
-	for i, name := range placeholderNames {
-		vals[i] = fields[name]
-		size += len(vals[i])
+	for _, v := range vals {
+		size += len(v)
 	}
 	// Every placeholder is at least as long as "{phone}", so this covers any
 	// template that uses each field at most once, without a second pass.
@@ -179,7 +195,7 @@ func Render(tmpl string, fields map[string]string) (string, error) {
 // Braces are ASCII and never occur inside a multi-byte UTF-8 sequence, so
 // searching bytes for them and copying the text between by slicing keeps
 // every rune intact.
-func scan(tmpl string, first int, vals *[len(placeholderNames)]string, b *strings.Builder) *TemplateError {
+func scan(tmpl string, first int, vals *[len(placeholderNames)]string, b *strings.Builder) *Error {
 	var unknown []string
 	i, j := 0, first
 	for {
@@ -237,7 +253,7 @@ func scan(tmpl string, first int, vals *[len(placeholderNames)]string, b *string
 		j = i + next
 	}
 	if len(unknown) > 0 {
-		return &TemplateError{Unknown: unknown}
+		return &Error{Unknown: unknown}
 	}
 	if b != nil {
 		b.WriteString(tmpl[i:])
@@ -245,35 +261,11 @@ func scan(tmpl string, first int, vals *[len(placeholderNames)]string, b *string
 	return nil
 }
 
-func syntaxError(unknown []string, format string, args ...any) *TemplateError {
-	return &TemplateError{Unknown: unknown, Problem: fmt.Sprintf(format, args...)}
+func syntaxError(unknown []string, format string, args ...any) *Error {
+	return &Error{Unknown: unknown, Problem: fmt.Sprintf(format, args...)}
 }
 
 // charPos converts byte offset i in s to a 1-based character position.
 func charPos(s string, i int) int {
 	return utf8.RuneCountInString(s[:i]) + 1
-}
-
-// Templates adapts Check and [Limits.Render] to the small interfaces other
-// features declare, so they can depend on an interface rather than this
-// package's functions. The zero value is ready to use, with the default
-// limits.
-type Templates struct {
-	Limits Limits // the longest message per channel, as the worker pool enforces it
-}
-
-// Check calls the package-level [Check].
-func (Templates) Check(tmpl string) error { return Check(tmpl) }
-
-// Render renders tmpl for a message on channel exactly as delivery does
-// ([Limits.Render]). A message delivery would refuse as too long is returned
-// with the reason in warnings, such as "rendered message is 2,100
-// characters; sms allows 1,600". err is Render's *TemplateError.
-func (t Templates) Render(channel, tmpl string, fields map[string]string) (msg string, warnings []string, err error) {
-	msg, err = t.Limits.Render(Channel(channel), tmpl, fields)
-	var long *TooLongError
-	if errors.As(err, &long) {
-		return msg, []string{long.Error()}, nil
-	}
-	return msg, nil, err
 }

@@ -1,4 +1,4 @@
-package messaging
+package queue
 
 import (
 	"context"
@@ -10,13 +10,13 @@ import (
 
 // ForgetDead removes ids from the dead-letter list (their messages were
 // given fresh attempts), in one pipeline.
-func (q *RedisQueue) ForgetDead(ctx context.Context, ids []int64) error {
+func (q *Queue) ForgetDead(ctx context.Context, ids []int64) error {
 	if len(ids) == 0 {
 		return nil
 	}
 	_, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, id := range ids {
-			p.LRem(ctx, q.keys.dead, 0, id)
+			p.LRem(ctx, q.keys.Dead, 0, id)
 		}
 		return nil
 	})

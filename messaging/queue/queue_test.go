@@ -1,4 +1,4 @@
-package messaging
+package queue
 
 import (
 	"context"
@@ -22,16 +22,16 @@ import (
 // compares codes).
 var errUnavailableProbe = errs.New(errs.KindUnavailable, errs.CodeUnavailable, "unavailable")
 
-// queueTest is a RedisQueue under a fresh key prefix on the real Redis.
+// queueTest is a Queue under a fresh key prefix on the real Redis.
 type queueTest struct {
-	q   *RedisQueue
+	q   *Queue
 	rdb *redis.Client
 }
 
 func newQueueTest(t *testing.T) *queueTest {
 	t.Helper()
 	rdb, prefix := redistest.New(t)
-	return &queueTest{q: NewRedisQueue(rdb, prefix, "jobs"), rdb: rdb}
+	return &queueTest{q: New(rdb, prefix, "jobs"), rdb: rdb}
 }
 
 func (qt *queueTest) push(t *testing.T, ids ...int64) {
@@ -84,14 +84,14 @@ func parseIDs(t *testing.T, vals []string) []int64 {
 // (from the right).
 func (qt *queueTest) readyInFetchOrder(t *testing.T) []int64 {
 	t.Helper()
-	ids := qt.list(t, qt.q.keys.ready)
+	ids := qt.list(t, qt.q.keys.Ready)
 	slices.Reverse(ids)
 	return ids
 }
 
 func (qt *queueTest) processing(t *testing.T, consumer string) []int64 {
 	t.Helper()
-	ids := qt.list(t, qt.q.keys.processingPrefix+consumer)
+	ids := qt.list(t, qt.q.keys.ProcessingPrefix+consumer)
 	slices.Sort(ids)
 	return ids
 }
@@ -99,7 +99,7 @@ func (qt *queueTest) processing(t *testing.T, consumer string) []int64 {
 // delayed returns the delayed set as id → due time in unix milliseconds.
 func (qt *queueTest) delayed(t *testing.T) map[int64]int64 {
 	t.Helper()
-	zs, err := qt.rdb.ZRangeWithScores(context.Background(), qt.q.keys.delayed, 0, -1).Result()
+	zs, err := qt.rdb.ZRangeWithScores(context.Background(), qt.q.keys.Delayed, 0, -1).Result()
 	if err != nil {
 		t.Fatalf("ZRANGE delayed: %v", err)
 	}
@@ -116,7 +116,7 @@ func (qt *queueTest) delayed(t *testing.T) map[int64]int64 {
 
 func (qt *queueTest) consumers(t *testing.T) []string {
 	t.Helper()
-	cs, err := qt.rdb.ZRange(context.Background(), qt.q.keys.consumers, 0, -1).Result()
+	cs, err := qt.rdb.ZRange(context.Background(), qt.q.keys.Consumers, 0, -1).Result()
 	if err != nil {
 		t.Fatalf("ZRANGE consumers: %v", err)
 	}
@@ -132,7 +132,7 @@ func seq(from, to int64) []int64 {
 	return ids
 }
 
-func TestRedisQueueFIFO(t *testing.T) {
+func TestQueueFIFO(t *testing.T) {
 	t.Parallel()
 	qt := newQueueTest(t)
 	// More than one LPUSH chunk, in two pushes.
@@ -148,7 +148,7 @@ func TestRedisQueueFIFO(t *testing.T) {
 	if diff := cmp.Diff(seq(1, 700), qt.processing(t, "c1")); diff != "" {
 		t.Errorf("processing list (-want +got):\n%s", diff)
 	}
-	if n, _ := qt.rdb.LLen(context.Background(), qt.q.keys.ready).Result(); n != 1900 {
+	if n, _ := qt.rdb.LLen(context.Background(), qt.q.keys.Ready).Result(); n != 1900 {
 		t.Errorf("ready list holds %d, want 1900", n)
 	}
 	for len(got) < 2600 {
@@ -182,7 +182,7 @@ func TestRedisQueueFIFO(t *testing.T) {
 
 	t.Run("entries that are not ids are dropped", func(t *testing.T) {
 		qt := newQueueTest(t)
-		if err := qt.rdb.LPush(context.Background(), qt.q.keys.ready, "junk").Err(); err != nil {
+		if err := qt.rdb.LPush(context.Background(), qt.q.keys.Ready, "junk").Err(); err != nil {
 			t.Fatal(err)
 		}
 		qt.push(t, 7)
@@ -195,7 +195,7 @@ func TestRedisQueueFIFO(t *testing.T) {
 	})
 }
 
-func TestRedisQueueFetchEmptyWaits(t *testing.T) {
+func TestQueueFetchEmptyWaits(t *testing.T) {
 	t.Parallel()
 	// 0 and sub-millisecond waits mean "do not block". BLMOVE reads a
 	// timeout of 0 as "block forever", and go-redis ignores context
@@ -210,7 +210,7 @@ func TestRedisQueueFetchEmptyWaits(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			q := &RedisQueue{rdb: own, keys: qt.q.keys}
+			q := &Queue{rdb: own, keys: qt.q.keys}
 			type fetched struct {
 				ids []int64
 				err error
@@ -281,11 +281,11 @@ func (qt *queueTest) state(t *testing.T, consumer string) queueState {
 		Ready:      qt.readyInFetchOrder(t),
 		Processing: qt.processing(t, consumer),
 		Delayed:    qt.delayed(t),
-		Dead:       qt.list(t, qt.q.keys.dead),
+		Dead:       qt.list(t, qt.q.keys.Dead),
 	}
 }
 
-func TestRedisQueueSettle(t *testing.T) {
+func TestQueueSettle(t *testing.T) {
 	t.Parallel()
 	at := time.Date(2030, 1, 2, 3, 4, 5, 678_000_000, time.UTC)
 	ms := at.UnixMilli()
@@ -376,7 +376,7 @@ func TestRedisQueueSettle(t *testing.T) {
 	})
 }
 
-func TestRedisQueuePromoteDue(t *testing.T) {
+func TestQueuePromoteDue(t *testing.T) {
 	t.Parallel()
 	now := time.Now()
 	ctx := context.Background()
@@ -490,12 +490,12 @@ func addDelayed(t *testing.T, qt *queueTest, ids []int64, at time.Time) {
 	for i, id := range ids {
 		zs[i] = redis.Z{Score: float64(at.UnixMilli()), Member: id}
 	}
-	if err := qt.rdb.ZAdd(context.Background(), qt.q.keys.delayed, zs...).Err(); err != nil {
+	if err := qt.rdb.ZAdd(context.Background(), qt.q.keys.Delayed, zs...).Err(); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func TestRedisQueueReapDead(t *testing.T) {
+func TestQueueReapDead(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	now := time.Now()
@@ -545,7 +545,7 @@ func TestRedisQueueReapDead(t *testing.T) {
 	}
 }
 
-func TestRedisQueueRelease(t *testing.T) {
+func TestQueueRelease(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	qt := newQueueTest(t)
@@ -575,7 +575,7 @@ func TestRedisQueueRelease(t *testing.T) {
 	}
 }
 
-func TestRedisQueueEnsureEpoch(t *testing.T) {
+func TestQueueEnsureEpoch(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	qt := newQueueTest(t)
@@ -588,7 +588,7 @@ func TestRedisQueueEnsureEpoch(t *testing.T) {
 	// Redis loses the queue's data (flushed, or restarted without
 	// persistence): the next call reports it, once.
 	qt.push(t, 1)
-	if err := qt.rdb.Del(ctx, qt.q.keys.epoch, qt.q.keys.ready).Err(); err != nil {
+	if err := qt.rdb.Del(ctx, qt.q.keys.Epoch, qt.q.keys.Ready).Err(); err != nil {
 		t.Fatal(err)
 	}
 	for i, want := range []bool{true, false} {
@@ -599,7 +599,7 @@ func TestRedisQueueEnsureEpoch(t *testing.T) {
 	}
 }
 
-func TestRedisQueueDepths(t *testing.T) {
+func TestQueueDepths(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	qt := newQueueTest(t)
@@ -630,13 +630,13 @@ func TestRedisQueueDepths(t *testing.T) {
 	}
 }
 
-// TestRedisQueueUnavailable checks that a Redis that cannot be reached is
+// TestQueueUnavailable checks that a Redis that cannot be reached is
 // reported as UNAVAILABLE by every operation.
-func TestRedisQueueUnavailable(t *testing.T) {
+func TestQueueUnavailable(t *testing.T) {
 	t.Parallel()
 	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: time.Second})
 	t.Cleanup(func() { rdb.Close() })
-	q := NewRedisQueue(rdb, "down:", "jobs")
+	q := New(rdb, "down:", "jobs")
 	ctx := context.Background()
 	calls := map[string]func() error{
 		"push":      func() error { return q.Push(ctx, []int64{1}) },

@@ -1,6 +1,7 @@
-package messaging
+package template
 
 import (
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -8,6 +9,11 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 )
+
+// aliceFields is alice as Fields, for the allocation test and benchmark,
+// which must not count render's conversion.
+var aliceFields = Fields{FirstName: "Alice", LastName: "Moreau", Location: "Lyon",
+	PreferredProduct: "espresso beans", Phone: "+33612345678"}
 
 var (
 	alice = map[string]string{
@@ -84,7 +90,7 @@ func TestRender(t *testing.T) {
 			if err := Check(tt.tmpl); err != nil {
 				t.Errorf("Check(%q) = %v, want nil", tt.tmpl, err)
 			}
-			got, err := Render(tt.tmpl, tt.fields)
+			got, err := render(tt.tmpl, tt.fields)
 			if err != nil {
 				t.Fatalf("Render(%q) error = %v", tt.tmpl, err)
 			}
@@ -138,7 +144,7 @@ func TestRenderInvalid(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			checkErr := Check(tt.tmpl)
-			got, renderErr := Render(tt.tmpl, alice)
+			got, renderErr := render(tt.tmpl, alice)
 			if got != "" {
 				t.Errorf("Render(%q) = %q alongside an error, want \"\"", tt.tmpl, got)
 			}
@@ -146,9 +152,9 @@ func TestRenderInvalid(t *testing.T) {
 				fn  string
 				err error
 			}{{"Check", checkErr}, {"Render", renderErr}} {
-				var te *TemplateError
+				var te *Error
 				if !errors.As(c.err, &te) {
-					t.Fatalf("%s(%q) error = %v (%T), want *TemplateError", c.fn, tt.tmpl, c.err, c.err)
+					t.Fatalf("%s(%q) error = %v (%T), want *Error", c.fn, tt.tmpl, c.err, c.err)
 				}
 				if diff := cmp.Diff(tt.wantUnknown, te.Unknown); diff != "" {
 					t.Errorf("%s(%q) Unknown mismatch (-want +got):\n%s", c.fn, tt.tmpl, diff)
@@ -164,23 +170,23 @@ func TestRenderInvalid(t *testing.T) {
 	}
 }
 
-func TestTemplateErrorMessage(t *testing.T) {
+func TestErrorMessage(t *testing.T) {
 	// The message is shown to people editing templates, so pin the parts
 	// they rely on: every unknown name and every allowed one.
 	tests := []struct {
 		name string
-		err  *TemplateError
+		err  *Error
 		want string
 	}{
-		{"several unknown", &TemplateError{Unknown: []string{"name", "foo"}},
+		{"several unknown", &Error{Unknown: []string{"name", "foo"}},
 			"unknown placeholders: {name}, {foo}; allowed: {first_name}, {last_name}, {location}, {preferred_product}, {phone}"},
-		{"one unknown", &TemplateError{Unknown: []string{"name"}},
+		{"one unknown", &Error{Unknown: []string{"name"}},
 			"unknown placeholder: {name}; allowed: {first_name}, {last_name}, {location}, {preferred_product}, {phone}"},
-		{"problem only", &TemplateError{Problem: `unclosed "{" at character 4`},
+		{"problem only", &Error{Problem: `unclosed "{" at character 4`},
 			`unclosed "{" at character 4 (write "{{" or "}}" for a literal brace)`},
-		{"both", &TemplateError{Unknown: []string{"x"}, Problem: `unmatched "}" at character 9`},
+		{"both", &Error{Unknown: []string{"x"}, Problem: `unmatched "}" at character 9`},
 			`unmatched "}" at character 9 (write "{{" or "}}" for a literal brace); unknown placeholder: {x}; allowed: {first_name}, {last_name}, {location}, {preferred_product}, {phone}`},
-		{"zero value", &TemplateError{}, "invalid template"},
+		{"zero value", &Error{}, "invalid template"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -191,15 +197,15 @@ func TestTemplateErrorMessage(t *testing.T) {
 	}
 }
 
-func TestPlaceholdersAllRender(t *testing.T) {
-	// Placeholders is what the UI offers; each entry must be accepted and
-	// filled from the key of the same name.
-	if diff := cmp.Diff(placeholderNames[:], Placeholders); diff != "" {
-		t.Fatalf("Placeholders differs from the enforced list (-enforced +exported):\n%s", diff)
+func TestNamesAllRender(t *testing.T) {
+	// Names is what the UI offers; each entry must be accepted and filled
+	// from the Fields field of the same JSON name.
+	if diff := cmp.Diff(placeholderNames[:], Names()); diff != "" {
+		t.Fatalf("Names differs from the enforced list (-enforced +exported):\n%s", diff)
 	}
-	for _, name := range Placeholders {
+	for _, name := range Names() {
 		t.Run(name, func(t *testing.T) {
-			got, err := Render("<{"+name+"}>", map[string]string{name: "v-" + name})
+			got, err := render("<{"+name+"}>", map[string]string{name: "v-" + name})
 			if err != nil {
 				t.Fatalf("Render error = %v", err)
 			}
@@ -210,41 +216,39 @@ func TestPlaceholdersAllRender(t *testing.T) {
 	}
 }
 
-func TestPlaceholdersMutationDoesNotChangeRules(t *testing.T) {
-	saved := Placeholders[0]
-	Placeholders[0] = "name"
-	defer func() { Placeholders[0] = saved }()
+func TestNamesMutationDoesNotChangeRules(t *testing.T) {
+	names := Names()
+	names[0] = "name"
 	if err := Check("{first_name}"); err != nil {
-		t.Errorf("Check after mutating Placeholders = %v, want nil", err)
+		t.Errorf("Check after mutating Names() = %v, want nil", err)
 	}
 	if err := Check("{name}"); err == nil {
-		t.Error("Check({name}) after mutating Placeholders = nil, want error")
+		t.Error("Check({name}) after mutating Names() = nil, want error")
 	}
 }
 
-func TestTemplatesAdapter(t *testing.T) {
-	var tp Templates
-	got, warnings, err := tp.Render("sms", "Hi {first_name}", alice)
-	if err != nil || got != "Hi Alice" || warnings != nil {
-		t.Errorf("Templates.Render = %q, %q, %v; want %q, nil, nil", got, warnings, err, "Hi Alice")
+// render renders with fields keyed by placeholder name, through the Fields
+// JSON names (the same words), so the tables can name fields as maps.
+func render(tmpl string, m map[string]string) (string, error) {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return "", err
 	}
-	if err := tp.Check("Hi {first_name}"); err != nil {
-		t.Errorf("Templates.Check(valid) = %v, want nil", err)
+	var f Fields
+	if err := json.Unmarshal(b, &f); err != nil {
+		return "", err
 	}
-	var te *TemplateError
-	if err := tp.Check("Hi {name}"); !errors.As(err, &te) {
-		t.Errorf("Templates.Check(invalid) = %v, want *TemplateError", err)
-	}
+	return Render(tmpl, f)
 }
 
 func TestCheckValidReturnsUntypedNil(t *testing.T) {
-	// A nil *TemplateError stored in an error interface is non-nil; make
+	// A nil *Error stored in an error interface is non-nil; make
 	// sure callers writing `if err != nil` are not fooled.
 	var err error = Check("Hi {first_name}")
 	if err != nil {
 		t.Errorf("Check(valid) = %#v, want untyped nil", err)
 	}
-	_, err = Render("Hi {first_name}", alice)
+	_, err = render("Hi {first_name}", alice)
 	if err != nil {
 		t.Errorf("Render(valid) error = %#v, want untyped nil", err)
 	}
@@ -265,7 +269,7 @@ func TestRenderAllocations(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got := testing.AllocsPerRun(100, func() {
-				if _, err := Render(tt.tmpl, alice); err != nil {
+				if _, err := Render(tt.tmpl, aliceFields); err != nil {
 					t.Fatal(err)
 				}
 			})
@@ -295,23 +299,23 @@ func FuzzRender(f *testing.F) {
 		fields := map[string]string{"first_name": first, "last_name": last}
 
 		// Any text, escaped, renders back to itself.
-		lit, err := Render(escapeLiteral(tmpl), fields)
+		lit, err := render(escapeLiteral(tmpl), fields)
 		if err != nil || lit != tmpl {
 			t.Fatalf("Render(escapeLiteral(%q)) = %q, %v; want the text back", tmpl, lit, err)
 		}
 
-		got, renderErr := Render(tmpl, fields)
+		got, renderErr := render(tmpl, fields)
 		checkErr := Check(tmpl)
 		if (checkErr == nil) != (renderErr == nil) {
 			t.Fatalf("Check(%q) = %v but Render error = %v", tmpl, checkErr, renderErr)
 		}
 		if renderErr != nil {
-			var te *TemplateError
+			var te *Error
 			if !errors.As(renderErr, &te) {
-				t.Fatalf("Render(%q) error %T, want *TemplateError", tmpl, renderErr)
+				t.Fatalf("Render(%q) error %T, want *Error", tmpl, renderErr)
 			}
 			if te.Problem == "" && len(te.Unknown) == 0 {
-				t.Fatalf("Render(%q) returned an empty TemplateError", tmpl)
+				t.Fatalf("Render(%q) returned an empty Error", tmpl)
 			}
 			seen := map[string]bool{}
 			for _, u := range te.Unknown {
@@ -348,7 +352,7 @@ func BenchmarkRender(b *testing.B) {
 		b.Run(bb.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := Render(bb.tmpl, alice); err != nil {
+				if _, err := Render(bb.tmpl, aliceFields); err != nil {
 					b.Fatal(err)
 				}
 			}
