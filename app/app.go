@@ -26,7 +26,9 @@ import (
 	"github.com/campaignd/dispatch/db/seed"
 	"github.com/campaignd/dispatch/messaging"
 	"github.com/campaignd/dispatch/messaging/queue"
+	"github.com/campaignd/dispatch/messaging/throttle"
 	"github.com/campaignd/dispatch/platform/auth"
+	"github.com/campaignd/dispatch/platform/channel"
 	"github.com/campaignd/dispatch/platform/metrics"
 	"github.com/campaignd/dispatch/platform/postgres"
 	"github.com/campaignd/dispatch/platform/redisx"
@@ -58,7 +60,10 @@ type App struct {
 	campaigns *campaign.Service
 	messaging *messaging.Service
 	pool      *messaging.Pool // nil on an API-only replica
-	metrics   *metrics.Registry
+	// providerGate paces and brakes providers across replicas; /health
+	// reports its brakes.
+	providerGate *throttle.Gate
+	metrics      *metrics.Registry
 }
 
 // New connects to PostgreSQL and Redis (waiting up to startup_timeout for
@@ -120,7 +125,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error) 
 	}
 	a.checkConnectionBudget(ctx)
 
-	a.wire()
+	if err := a.wire(); err != nil {
+		return nil, err
+	}
 	if a.migrator, err = migrations.Provider(a.probeDB.DB); err != nil {
 		return nil, err
 	}
@@ -161,7 +168,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error) 
 // wire builds the features. Features never import each other: app passes
 // one feature's service to another through the small interfaces the
 // consumer declares.
-func (a *App) wire() {
+func (a *App) wire() error {
 	cfg := a.cfg
 	a.authn = auth.NewAuthenticator(auth.NewStore(a.db), cfg.Auth.CacheTTL)
 	a.keys = auth.NewService(auth.NewStore(a.db), a.authn, a.log.With("component", "auth"))
@@ -178,6 +185,7 @@ func (a *App) wire() {
 		FeedFloor:       2*cfg.WorkerConcurrency + cfg.Worker.BatchSize,
 	}, a.log.With("component", "sweeper"))
 	a.metrics = a.newMetrics()
+	a.providerGate = a.gate()
 
 	// The preview and the workers enforce the same limits.
 	limits := messaging.Limits{SMS: cfg.Limits.SMSMaxChars, WhatsApp: cfg.Limits.WhatsAppMaxChars}
@@ -185,17 +193,10 @@ func (a *App) wire() {
 		WithDispatch(dispatcher{a.messaging}, a.log.With("component", "campaign"))
 
 	if cfg.WorkerConcurrency > 0 {
-		var ledger messaging.Ledger = messaging.NewPostgresLedger(a.db)
-		if cfg.Sender.Ledger == "memory" {
-			ledger = messaging.NewMemoryLedger()
+		sender, err := a.senders()
+		if err != nil {
+			return err
 		}
-		sender := messaging.NewMock(messaging.MockOptions{
-			SuccessRate:          cfg.Sender.SuccessRate,
-			PermanentFailureRate: cfg.Sender.PermanentFailureRate,
-			MinLatency:           cfg.Sender.MinLatency,
-			MaxLatency:           cfg.Sender.MaxLatency,
-			Seed:                 cfg.Sender.Seed,
-		}, ledger)
 		host, _ := os.Hostname()
 		a.pool = messaging.NewPool(messaging.PoolOptions{
 			Consumer:          queue.NewConsumerID(host),
@@ -206,15 +207,28 @@ func (a *App) wire() {
 			HeartbeatInterval: cfg.Worker.HeartbeatInterval,
 			DrainTimeout:      cfg.Worker.DrainTimeout,
 			Starved:           a.messaging.WakeFeeder,
-			Provider:          sender.Name(),
+			Provider:          cfg.Providers.SMS,
 			Observer:          a.metrics,
 			Limits:            limits,
+			Gate:              a.providerGate,
+			FailUncertain:     cfg.UncertainPolicy == "fail",
+			OnOptOut: func(ctx context.Context, customerID int64, ch channel.Channel) {
+				if _, err := a.customers.OptOut(ctx, customerID, ch); err != nil {
+					a.log.Warn("could not opt out a customer the provider reported unsubscribed",
+						"customer_id", customerID, "channel", ch, "err", err)
+				}
+			},
+			ErrorBrake: messaging.ErrorBrakeOptions{
+				Window: cfg.ErrorBrake.Window, Threshold: cfg.ErrorBrake.Threshold,
+				Pause: a.campaigns.AutoPause,
+			},
 		}, jobs, msgRepo, sender, messaging.RetryPolicy{
 			MaxAttempts: cfg.MaxRetryCount,
 			Base:        cfg.RetryBackoffBase,
 			Max:         cfg.RetryBackoffMax,
 		}, a.log.With("component", "worker"))
 	}
+	return nil
 }
 
 // Addr is the address the HTTP server listens on (useful with port 0).

@@ -103,6 +103,39 @@ type Config struct {
 		Seed                 uint64        `mapstructure:"seed"`
 		Ledger               string        `mapstructure:"ledger"`
 	} `mapstructure:"sender"`
+	// PublicBaseURL is the address providers call back (receipts,
+	// inbound messages), e.g. https://dispatch.example.com.
+	PublicBaseURL string `mapstructure:"public_base_url"`
+	// UncertainPolicy says what happens to a message whose attempt may have
+	// reached the provider although we saw no answer: resend or fail.
+	UncertainPolicy string `mapstructure:"uncertain_policy"`
+	Providers       struct {
+		SMS      string        `mapstructure:"sms"`
+		WhatsApp string        `mapstructure:"whatsapp"`
+		Brake    time.Duration `mapstructure:"brake"`
+		MaxBrake time.Duration `mapstructure:"max_brake"`
+	} `mapstructure:"providers"`
+	AfricasTalking struct {
+		BaseURL        string `mapstructure:"base_url"`
+		Username       string `mapstructure:"username"`
+		APIKey         string `mapstructure:"api_key"`
+		SenderID       string `mapstructure:"sender_id"`
+		CallbackSecret string `mapstructure:"callback_secret"`
+		Rate           int    `mapstructure:"rate"`
+	} `mapstructure:"africastalking"`
+	Twilio struct {
+		BaseURL             string `mapstructure:"base_url"`
+		AccountSID          string `mapstructure:"account_sid"`
+		AuthToken           string `mapstructure:"auth_token"`
+		From                string `mapstructure:"from"`
+		MessagingServiceSID string `mapstructure:"messaging_service_sid"`
+		WhatsAppFrom        string `mapstructure:"whatsapp_from"`
+		Rate                int    `mapstructure:"rate"`
+	} `mapstructure:"twilio"`
+	ErrorBrake struct {
+		Window    int     `mapstructure:"window"`
+		Threshold float64 `mapstructure:"threshold"`
+	} `mapstructure:"error_brake"`
 	Log struct {
 		Level  string `mapstructure:"level"`
 		Format string `mapstructure:"format"`
@@ -300,6 +333,32 @@ func (c Config) Validate() error {
 	if c.Sender.MinLatency < 0 || c.Sender.MaxLatency < c.Sender.MinLatency {
 		bad("sender.min_latency and sender.max_latency (SENDER_MIN_LATENCY, SENDER_MAX_LATENCY) must satisfy 0 <= min <= max")
 	}
+	if c.Providers.SMS != "mock" && c.Providers.SMS != "africastalking" && c.Providers.SMS != "twilio" {
+		bad("providers.sms (PROVIDERS_SMS) must be mock, africastalking or twilio, got %q", c.Providers.SMS)
+	}
+	if c.Providers.WhatsApp != "mock" && c.Providers.WhatsApp != "twilio" {
+		bad("providers.whatsapp (PROVIDERS_WHATSAPP) must be mock or twilio, got %q", c.Providers.WhatsApp)
+	}
+	if c.Providers.Brake <= 0 || c.Providers.MaxBrake < c.Providers.Brake {
+		bad("providers.brake (PROVIDERS_BRAKE) must be positive and providers.max_brake (PROVIDERS_MAX_BRAKE) at least as long")
+	}
+	if c.UncertainPolicy != "resend" && c.UncertainPolicy != "fail" {
+		bad("uncertain_policy (UNCERTAIN_POLICY) must be resend or fail, got %q", c.UncertainPolicy)
+	}
+	if c.PublicBaseURL != "" {
+		if u, err := url.Parse(c.PublicBaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("public_base_url (PUBLIC_BASE_URL) must be an absolute http(s) URL, got %q", c.PublicBaseURL)
+		}
+	}
+	if c.uses("twilio") && c.PublicBaseURL == "" {
+		bad("public_base_url (PUBLIC_BASE_URL) is required with the twilio provider: Twilio's StatusCallback is built from it")
+	}
+	if c.AfricasTalking.Rate < 0 || c.Twilio.Rate < 0 {
+		bad("africastalking.rate and twilio.rate (AFRICASTALKING_RATE, TWILIO_RATE) must not be negative")
+	}
+	if c.ErrorBrake.Window < 0 || c.ErrorBrake.Threshold <= 0 || c.ErrorBrake.Threshold > 1 {
+		bad("error_brake.window (ERROR_BRAKE_WINDOW) must be 0 (off) or more, and error_brake.threshold (ERROR_BRAKE_THRESHOLD) in (0, 1]")
+	}
 	if c.Sender.Ledger != "postgres" && c.Sender.Ledger != "memory" {
 		bad("sender.ledger (SENDER_LEDGER) must be postgres or memory, got %q", c.Sender.Ledger)
 	}
@@ -347,8 +406,10 @@ func (c Config) Masked() Config {
 		m.DB.Password = "xxxxx"
 	}
 	m.Redis.URL = maskURL(c.Redis.URL)
-	if m.BootstrapAPIKey != "" {
-		m.BootstrapAPIKey = "xxxxx"
+	for _, secret := range []*string{&m.BootstrapAPIKey, &m.AfricasTalking.APIKey, &m.AfricasTalking.CallbackSecret, &m.Twilio.AuthToken} {
+		if *secret != "" {
+			*secret = "xxxxx"
+		}
 	}
 	return m
 }
@@ -436,4 +497,9 @@ func ParseBytes(s string) (int64, error) {
 		return 0, fmt.Errorf("%q is not a size such as 2MB", s)
 	}
 	return n * mult, nil
+}
+
+// uses reports whether provider carries any channel.
+func (c Config) uses(provider string) bool {
+	return c.Providers.SMS == provider || c.Providers.WhatsApp == provider
 }

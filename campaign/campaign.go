@@ -95,12 +95,14 @@ type Summary struct {
 // Cancelled includes the recipients of an audience send cancelled before
 // their messages were created (see Repo.Stats).
 type Stats struct {
-	Total     int64 `json:"total"`
-	Pending   int64 `json:"pending"`
-	Sending   int64 `json:"sending"`
-	Sent      int64 `json:"sent"`
-	Failed    int64 `json:"failed"`
-	Cancelled int64 `json:"cancelled"`
+	Total       int64 `json:"total"`
+	Pending     int64 `json:"pending"`
+	Sending     int64 `json:"sending"`
+	Sent        int64 `json:"sent"`
+	Delivered   int64 `json:"delivered"`
+	Undelivered int64 `json:"undelivered"`
+	Failed      int64 `json:"failed"`
+	Cancelled   int64 `json:"cancelled"`
 }
 
 // Detail is a campaign with its delivery progress, the body of

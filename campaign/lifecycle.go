@@ -72,16 +72,27 @@ func joinStatuses(ss []Status) string {
 // jobs they pop are dropped, and Resume queues them again), messages already
 // being delivered finish. sending → paused.
 func (s *Service) Pause(ctx context.Context, id int64) (ActionResult, error) {
+	return s.pause(ctx, id, nil)
+}
+
+// AutoPause pauses a sending campaign for reason, kept as its
+// status_reason until it is resumed: the error-rate brake uses it.
+func (s *Service) AutoPause(ctx context.Context, id int64, reason string) error {
+	_, err := s.pause(ctx, id, &reason)
+	return err
+}
+
+func (s *Service) pause(ctx context.Context, id int64, reason *string) (ActionResult, error) {
 	err := postgres.InTx(ctx, s.repo.db, func(tx *sqlx.Tx) error {
 		if _, err := s.repo.transition(ctx, tx, id, ErrInvalidTransition, "pause", StatusSending); err != nil {
 			return err
 		}
-		return s.repo.setStatus(ctx, tx, id, StatusPaused, nil)
+		return s.repo.setStatus(ctx, tx, id, StatusPaused, reason)
 	})
 	if err != nil {
 		return ActionResult{}, err
 	}
-	s.log.InfoContext(ctx, "campaign paused", "campaign_id", id)
+	s.log.InfoContext(ctx, "campaign paused", "campaign_id", id, "reason", reason)
 	return ActionResult{CampaignID: id, Status: StatusPaused}, nil
 }
 

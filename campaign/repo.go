@@ -155,6 +155,10 @@ func (r *Repo) Stats(ctx context.Context, id int64) (Stats, error) {
 			s.Sending = n
 		case "sent":
 			s.Sent = n
+		case "delivered":
+			s.Delivered = n
+		case "undelivered":
+			s.Undelivered = n
 		case "failed":
 			s.Failed = n
 		case "cancelled":
@@ -167,7 +171,7 @@ func (r *Repo) Stats(ctx context.Context, id int64) (Stats, error) {
 	// Total is the sum rather than a separate count so the contract "they sum
 	// to total" holds even if messaging ever adds a status this code does not
 	// know yet (the CHECK constraint rules that out today).
-	s.Total = s.Pending + s.Sending + s.Sent + s.Failed + s.Cancelled
+	s.Total = s.Pending + s.Sending + s.Sent + s.Delivered + s.Undelivered + s.Failed + s.Cancelled
 	return s, nil
 }
 

@@ -295,7 +295,7 @@ func (r *Repo) Finish(ctx context.Context) ([]Finished, error) {
 	var out []Finished
 	err := r.db.SelectContext(ctx, &out, `
 UPDATE campaigns k
-SET status = CASE WHEN EXISTS (SELECT 1 FROM outbound_messages m WHERE m.campaign_id = k.id AND m.status = 'sent')
+SET status = CASE WHEN EXISTS (SELECT 1 FROM outbound_messages m WHERE m.campaign_id = k.id AND m.status IN ('sent', 'delivered', 'undelivered'))
                   THEN 'sent' ELSE 'failed' END,
     updated_at = now()
 WHERE k.status = 'sending'

@@ -70,7 +70,7 @@ SELECT customer_id, 'sms' FROM outbound_messages WHERE id = $1`, ids[3]); err !=
 	s := newFakeSender()
 	netErr := errors.New("network down")
 	s.fail[ids[1]] = []error{netErr}
-	s.fail[ids[2]] = []error{Permanent(errors.New("invalid number"))}
+	s.fail[ids[2]] = []error{permanent("invalid number")}
 	s.fail[ids[4]] = []error{netErr, netErr, netErr}
 
 	obs := &recordingObserver{outcomes: map[[3]string]int{}, took: map[string]int{}}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/lib/pq"
 
+	"github.com/campaignd/dispatch/messaging/provider/mock"
 	"github.com/campaignd/dispatch/messaging/queue"
 	"github.com/campaignd/dispatch/platform/logging/logtest"
 	"github.com/campaignd/dispatch/platform/postgres"
@@ -183,7 +184,7 @@ func TestPoolRecordsWhileRedisDown(t *testing.T) {
 // unavailableLedger is the mock provider's ledger in a PostgreSQL that
 // refuses connections (max_connections reached) while down is set.
 type unavailableLedger struct {
-	*MemoryLedger
+	*mock.MemoryLedger
 	down  atomic.Bool
 	calls atomic.Int64 // refused calls
 }
@@ -217,8 +218,8 @@ func TestIsInfrastructure(t *testing.T) {
 		{"postgres out of connections", errTooManyClients, true},
 		{"wrapped by the sender", fmt.Errorf("mock provider: %w", errTooManyClients), true},
 		{"redis refused", errRedisDown, true},
-		{"provider network error", ErrSimulatedNetwork, false},
-		{"permanent", Permanent(errors.New("invalid number")), false},
+		{"provider network error", mock.ErrSimulatedNetwork, false},
+		{"permanent", permanent("invalid number"), false},
 		{"query error", postgres.Classify(&pq.Error{Code: "42P01", Message: "relation does not exist"}, "mock ledger"), false},
 		{"nil", nil, false},
 	} {
@@ -240,9 +241,9 @@ func TestPoolInfrastructureErrorIsNotAnAttempt(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
 	_, ids := fixture(t, db.DB, "Hi {first_name}", [2]string{"A", ""}, [2]string{"B", ""}, [2]string{"C", ""})
-	ledger := &unavailableLedger{MemoryLedger: NewMemoryLedger()}
+	ledger := &unavailableLedger{MemoryLedger: mock.NewMemoryLedger()}
 	ledger.down.Store(true)
-	sender := NewMock(MockOptions{SuccessRate: 1}, ledger)
+	sender := mock.New(mock.Options{SuccessRate: 1}, ledger)
 	q := newMemQueue(ids...)
 	logs := &logtest.Buffer{}
 	p := NewPool(PoolOptions{Consumer: "test", Concurrency: 4, BatchSize: 3, PollWait: 20 * time.Millisecond,

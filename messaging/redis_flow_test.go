@@ -3,6 +3,7 @@ package messaging
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -12,6 +13,8 @@ import (
 	"github.com/jmoiron/sqlx"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/campaignd/dispatch/messaging/provider"
+	"github.com/campaignd/dispatch/messaging/provider/mock"
 	"github.com/campaignd/dispatch/messaging/queue"
 	"github.com/campaignd/dispatch/platform/postgres/pgtest"
 	"github.com/campaignd/dispatch/platform/redisx/redistest"
@@ -31,7 +34,7 @@ const flowConsumer = "flow-test"
 
 // newFlowEnv starts a pool delivering through the sender newSender builds
 // over the env's database.
-func newFlowEnv(t *testing.T, newSender func(*sqlx.DB) Sender, policy RetryPolicy) *flowEnv {
+func newFlowEnv(t *testing.T, newSender func(*sqlx.DB) provider.Sender, policy RetryPolicy) *flowEnv {
 	t.Helper()
 	db := pgtest.New(t)
 	rdb, prefix := redistest.New(t)
@@ -112,14 +115,17 @@ type countingSender struct {
 	calls map[int64]int
 }
 
-func (s *countingSender) Send(_ context.Context, m Outgoing) error {
+func (s *countingSender) Send(_ context.Context, m provider.Message) (provider.Accepted, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.calls == nil {
 		s.calls = map[int64]int{}
 	}
-	s.calls[m.IdempotencyKey]++
-	return s.err
+	s.calls[m.ID]++
+	if s.err != nil {
+		return provider.Accepted{}, s.err
+	}
+	return provider.Accepted{MessageID: fmt.Sprintf("count-%d", m.ID)}, nil
 }
 
 func (s *countingSender) callsFor(id int64) int {
@@ -158,7 +164,7 @@ func TestRedisFlowOutcomes(t *testing.T) {
 		},
 		{
 			name:        "permanent error",
-			sendErr:     Permanent(errors.New("invalid number")),
+			sendErr:     permanent("invalid number"),
 			wantStatus:  StatusFailed,
 			wantCalls:   1,
 			wantRetries: 1,
@@ -170,7 +176,7 @@ func TestRedisFlowOutcomes(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			s := &countingSender{err: tt.sendErr}
-			fe := newFlowEnv(t, func(*sqlx.DB) Sender { return s }, policy)
+			fe := newFlowEnv(t, func(*sqlx.DB) provider.Sender { return s }, policy)
 			_, ids := fixture(t, fe.db, "Hi {first_name} from {location}!", [2]string{"Ann", "Lisbon"})
 			fe.push(t, ids...)
 
@@ -211,8 +217,8 @@ func ptrTo[T any](v T) *T { return &v }
 // once and is asked once.
 func TestRedisFlowDuplicatesDeliveredOnce(t *testing.T) {
 	t.Parallel()
-	fe := newFlowEnv(t, func(db *sqlx.DB) Sender {
-		return NewMock(MockOptions{SuccessRate: 1}, NewPostgresLedger(db))
+	fe := newFlowEnv(t, func(db *sqlx.DB) provider.Sender {
+		return mock.New(mock.Options{SuccessRate: 1}, mock.NewPostgresLedger(db))
 	}, RetryPolicy{MaxAttempts: 3, Base: 10 * time.Millisecond})
 
 	_, ids := fixture(t, fe.db, "Hello {first_name}",

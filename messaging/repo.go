@@ -75,7 +75,7 @@ type Batch struct {
 // the batch's ids through the primary key only. Keep it so when changing it.
 const claimSQL = `
 WITH cand AS (
-    SELECT m.id, k.channel,
+    SELECT m.id, k.channel, m.status AS was, m.attempts, m.updated_at AS last_touch,
            (k.status = 'cancelled' OR o.customer_id IS NOT NULL) AS skip,
            CASE WHEN o.customer_id IS NOT NULL THEN 'not sent: customer opted out of ' || k.channel
                 ELSE 'not sent: campaign cancelled' END AS reason
@@ -86,10 +86,18 @@ WITH cand AS (
 ), upd AS (
     -- One pass claims the batch: a message to deliver moves to sending; one
     -- whose customer opted out after the send, or whose campaign was
-    -- cancelled meanwhile, ends cancelled, unsent.
+    -- cancelled meanwhile, ends cancelled, unsent. A message reclaimed from
+    -- sending (its worker died mid-delivery) had an attempt whose fate is
+    -- unknown: it is counted, and with $3 (fail uncertain) the message
+    -- fails for manual review instead of being sent again.
     UPDATE outbound_messages m
-    SET status = CASE WHEN c.skip THEN 'cancelled' ELSE 'sending' END,
-        last_error = CASE WHEN c.skip THEN c.reason ELSE m.last_error END,
+    SET status = CASE WHEN c.skip THEN 'cancelled'
+                      WHEN m.status = 'sending' AND $3::bool THEN 'failed'
+                      ELSE 'sending' END,
+        last_error = CASE WHEN c.skip THEN c.reason
+                          WHEN m.status = 'sending' AND $3::bool THEN 'uncertain: delivery was interrupted after the provider may have accepted it; not resent (UNCERTAIN_POLICY=fail)'
+                          ELSE m.last_error END,
+        attempts = m.attempts + CASE WHEN m.status = 'sending' THEN 1 ELSE 0 END,
         updated_at = now()
     FROM cand c
     WHERE m.id = c.id
@@ -99,10 +107,17 @@ WITH cand AS (
             ELSE false
           END
     RETURNING m.id, m.campaign_id, m.customer_id, m.retry_count, m.status
+), lost AS (
+    INSERT INTO message_attempts (message_id, attempt, started_at, duration_ms, outcome, error)
+    SELECT c.id, c.attempts + 1, c.last_touch, 0, 'uncertain',
+           'the process delivering it stopped; the provider may have accepted it'
+    FROM cand c JOIN upd u ON u.id = c.id
+    WHERE c.was = 'sending'
+    ON CONFLICT (message_id, attempt) DO NOTHING
 )
--- Rows with status cancelled are messages this claim cancelled: Claim reports
--- them (for metrics) and does not deliver them.
-SELECT c.id, c.campaign_id, c.retry_count, c.status, k.channel, k.base_template,
+-- Rows with status cancelled or failed are messages this claim finished:
+-- Claim reports them (for metrics) and does not deliver them.
+SELECT c.id, c.campaign_id, c.customer_id, c.retry_count, c.status, k.channel, k.base_template,
        u.phone, u.first_name, u.last_name, u.location, u.preferred_product
 FROM upd c
 JOIN campaigns k ON k.id = c.campaign_id
@@ -118,7 +133,10 @@ type Unclaimed struct {
 	// Cancelled: this claim ended the message cancelled (its campaign was
 	// cancelled, or its customer opted out of Channel).
 	Cancelled bool
-	Channel   string
+	// Failed: this claim failed the message, reclaimed after an interrupted
+	// attempt, under the fail-uncertain policy.
+	Failed  bool
+	Channel string
 }
 
 // claimRow is a row of the claim: a job, or a message the claim cancelled.
@@ -153,20 +171,23 @@ FROM info`
 // what to do with the ids it could not claim, among them the ones it
 // cancelled. Claiming is a guarded update, so a job delivered twice
 // (redelivery after a crash, a sweep) is claimed by one worker only.
-func (r *Repo) Claim(ctx context.Context, ids []int64, lease time.Duration) ([]Job, []Unclaimed, error) {
+//
+// failUncertain is the UNCERTAIN_POLICY: a message reclaimed from sending
+// fails instead of being delivered again.
+func (r *Repo) Claim(ctx context.Context, ids []int64, lease time.Duration, failUncertain bool) ([]Job, []Unclaimed, error) {
 	var claimed []claimRow
 	st, err := r.prepared(ctx, claimSQL)
 	if err != nil {
 		return nil, nil, postgres.Classify(err, "prepare claim")
 	}
-	if err := st.SelectContext(ctx, &claimed, pq.Array(ids), pgInterval(lease)); err != nil {
+	if err := st.SelectContext(ctx, &claimed, pq.Array(ids), pgInterval(lease), failUncertain); err != nil {
 		return nil, nil, postgres.Classify(err, "claim messages")
 	}
 	jobs := make([]Job, 0, len(claimed))
 	var out []Unclaimed
 	for _, c := range claimed {
-		if c.Status == StatusCancelled {
-			out = append(out, Unclaimed{ID: c.ID, Cancelled: true, Channel: c.Channel})
+		if c.Status == StatusCancelled || c.Status == StatusFailed {
+			out = append(out, Unclaimed{ID: c.ID, Cancelled: c.Status == StatusCancelled, Failed: c.Status == StatusFailed, Channel: c.Channel})
 			continue
 		}
 		jobs = append(jobs, c.Job)
@@ -207,26 +228,67 @@ func (r *Repo) Claim(ctx context.Context, ids []int64, lease time.Duration) ([]J
 type Outcome struct {
 	ID int64
 	// Status is sent, failed (for good), or pending (retry at NextAttemptAt,
-	// or, with Attempted false, delivery abandoned at shutdown).
+	// or, with Attempted false, not attempted: abandoned at shutdown,
+	// throttled, braked, or our own infrastructure failed).
 	Status        Status
 	Content       string // rendered text; stored when sent
 	Error         string
-	Attempted     bool // counts as a failed attempt (retry_count + 1)
+	Attempted     bool // a send was made: attempts + 1, and retry_count + 1 unless sent
 	NextAttemptAt time.Time
+
+	// What the provider said, stored when sent.
+	Provider          string
+	ProviderMessageID string
+	Segments          int
+	Encoding          string // "GSM-7" or "UCS-2" for SMS; "" otherwise
+	Cost              string // decimal; "" unknown
+	Currency          string
+
+	// The attempt's history row, written when Attempted.
+	StartedAt      time.Time
+	Duration       time.Duration
+	AttemptResult  string // sent, failed, retried, uncertain
+	ProviderStatus string
 }
 
+// recordSQL stores a batch of outcomes and, for the attempts among them,
+// their history rows, in one statement. The unnest arrays are parallel: one
+// element per outcome.
 const recordSQL = `
-UPDATE outbound_messages m
-SET status = v.status,
-    rendered_content = CASE WHEN v.status = 'sent' THEN v.content ELSE m.rendered_content END,
-    last_error = CASE WHEN v.err = '' THEN m.last_error ELSE v.err END,
-    retry_count = m.retry_count + CASE WHEN v.attempted AND v.status <> 'sent' THEN 1 ELSE 0 END,
-    next_attempt_at = v.next_at,
-    updated_at = now()
-FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::timestamptz[])
-     AS v(id, status, content, err, attempted, next_at)
-WHERE m.id = v.id AND m.status = 'sending'
-RETURNING m.id`
+WITH v AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::timestamptz[],
+                         $7::text[], $8::text[], $9::int[], $10::text[], $11::text[], $12::text[],
+                         $13::timestamptz[], $14::int[], $15::text[], $16::text[])
+        AS v(id, status, content, err, attempted, next_at,
+             provider, provider_id, segments, encoding, cost, currency,
+             started_at, duration_ms, result, provider_status)
+), upd AS (
+    UPDATE outbound_messages m
+    SET status = v.status,
+        rendered_content = CASE WHEN v.status = 'sent' THEN v.content ELSE m.rendered_content END,
+        last_error = CASE WHEN v.err = '' THEN m.last_error ELSE v.err END,
+        retry_count = m.retry_count + CASE WHEN v.attempted AND v.status <> 'sent' THEN 1 ELSE 0 END,
+        attempts = m.attempts + CASE WHEN v.attempted THEN 1 ELSE 0 END,
+        next_attempt_at = v.next_at,
+        provider = CASE WHEN v.provider = '' THEN m.provider ELSE v.provider END,
+        provider_message_id = CASE WHEN v.status = 'sent' AND v.provider_id <> '' THEN v.provider_id ELSE m.provider_message_id END,
+        segments = CASE WHEN v.segments > 0 THEN v.segments ELSE m.segments END,
+        encoding = CASE WHEN v.encoding = '' THEN m.encoding ELSE v.encoding END,
+        cost = CASE WHEN v.cost = '' THEN m.cost ELSE v.cost::numeric END,
+        currency = CASE WHEN v.currency = '' THEN m.currency ELSE v.currency END,
+        sent_at = CASE WHEN v.status = 'sent' THEN now() ELSE m.sent_at END,
+        updated_at = now()
+    FROM v
+    WHERE m.id = v.id AND m.status = 'sending'
+    RETURNING m.id, m.attempts
+), hist AS (
+    INSERT INTO message_attempts (message_id, attempt, started_at, duration_ms, outcome, error, provider_status)
+    SELECT u.id, u.attempts, v.started_at, v.duration_ms, v.result, nullif(v.err, ''), nullif(v.provider_status, '')
+    FROM upd u JOIN v ON v.id = u.id
+    WHERE v.attempted
+    ON CONFLICT (message_id, attempt) DO NOTHING
+)
+SELECT id FROM upd`
 
 // Record stores a batch of outcomes with one statement. The update is
 // guarded by status = 'sending', so an outcome for a message that was
@@ -239,11 +301,26 @@ func (r *Repo) Record(ctx context.Context, outcomes []Outcome) (skipped []int64,
 	errsText := make([]string, n)
 	attempted := make([]bool, n)
 	next := make([]*time.Time, n)
+	providers, providerIDs, encodings, costs, currencies := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	segments, durations := make([]int64, n), make([]int64, n)
+	started := make([]*time.Time, n)
+	results, providerStatuses := make([]string, n), make([]string, n)
 	for i, o := range outcomes {
 		ids[i], statuses[i], contents[i], errsText[i], attempted[i] = o.ID, string(o.Status), o.Content, o.Error, o.Attempted
 		if !o.NextAttemptAt.IsZero() {
 			t := o.NextAttemptAt.UTC()
 			next[i] = &t
+		}
+		providers[i], providerIDs[i], encodings[i], costs[i], currencies[i] = o.Provider, o.ProviderMessageID, o.Encoding, o.Cost, o.Currency
+		segments[i], durations[i] = int64(o.Segments), o.Duration.Milliseconds()
+		t := o.StartedAt.UTC()
+		if o.StartedAt.IsZero() {
+			t = time.Now().UTC()
+		}
+		started[i] = &t
+		results[i], providerStatuses[i] = o.AttemptResult, o.ProviderStatus
+		if o.Attempted && results[i] == "" {
+			results[i] = string(o.Status)
 		}
 	}
 	st, err := r.prepared(ctx, recordSQL)
@@ -252,7 +329,9 @@ func (r *Repo) Record(ctx context.Context, outcomes []Outcome) (skipped []int64,
 	}
 	var stored []int64
 	err = st.SelectContext(ctx, &stored, pq.Array(ids), pq.Array(statuses), pq.Array(contents),
-		pq.Array(errsText), pq.Array(attempted), pq.Array(timeArray(next)))
+		pq.Array(errsText), pq.Array(attempted), pq.Array(timeArray(next)),
+		pq.Array(providers), pq.Array(providerIDs), pq.Array(segments), pq.Array(encodings), pq.Array(costs), pq.Array(currencies),
+		pq.Array(timeArray(started)), pq.Array(durations), pq.Array(results), pq.Array(providerStatuses))
 	if err != nil || len(stored) == n {
 		return nil, postgres.Classify(err, "record outcomes")
 	}

@@ -10,9 +10,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/campaignd/dispatch/messaging/provider"
 	"github.com/campaignd/dispatch/messaging/queue"
 	"github.com/campaignd/dispatch/platform/channel"
+	"github.com/campaignd/dispatch/platform/errs"
 	"github.com/campaignd/dispatch/platform/loop"
+	"github.com/campaignd/dispatch/platform/sms"
 )
 
 // jobQueue is what the pool needs from the queue; RedisQueue implements it,
@@ -39,9 +42,23 @@ type PoolOptions struct {
 	// room for: the app wakes the feeder with it, so the list is topped up
 	// at once instead of at the feeder's next tick.
 	Starved  func()
-	Provider string   // the sender's name, for Observer
+	Provider string   // the sender's name, for Observer, when it does not name one per channel
 	Observer Observer // nil: nothing is observed
 	Limits   Limits   // the longest message per channel; a longer one fails for good
+
+	// Gate paces and brakes providers across replicas; nil admits every
+	// send at once.
+	Gate Gate
+	// FailUncertain is UNCERTAIN_POLICY=fail: a message whose attempt may
+	// have reached the provider (a timeout, a 5xx, a worker that died
+	// mid-send) fails for manual review instead of being sent again.
+	FailUncertain bool
+	// OnOptOut, if set, is called after a provider said the recipient
+	// unsubscribed: the app opts the customer out of the channel.
+	OnOptOut func(ctx context.Context, customerID int64, ch channel.Channel)
+	// ErrorBrake pauses a campaign whose recent attempts mostly fail; the
+	// zero value disables it.
+	ErrorBrake ErrorBrakeOptions
 
 	// The three below default from Concurrency and BatchSize; see defaults.
 	Fetchers int // fetch-and-claim loops running at once
@@ -126,7 +143,7 @@ type Pool struct {
 	opts   PoolOptions
 	queue  jobQueue
 	repo   *Repo
-	sender Sender
+	sender provider.Sender
 	policy RetryPolicy
 	log    *slog.Logger
 	jitter func() float64
@@ -139,11 +156,13 @@ type Pool struct {
 	// infrastructure is tried again (infraRetryDelay; tests shorten it).
 	infraDelay time.Duration
 
+	errorRates *errorRates
+
 	sent, failed, retried, requeued atomic.Int64
 }
 
 // NewPool builds a pool; Run starts it.
-func NewPool(opts PoolOptions, q jobQueue, repo *Repo, sender Sender, policy RetryPolicy, log *slog.Logger) *Pool {
+func NewPool(opts PoolOptions, q jobQueue, repo *Repo, sender provider.Sender, policy RetryPolicy, log *slog.Logger) *Pool {
 	opts.defaults()
 	return &Pool{
 		opts: opts, queue: q, repo: repo, sender: sender, policy: policy,
@@ -151,6 +170,7 @@ func NewPool(opts PoolOptions, q jobQueue, repo *Repo, sender Sender, policy Ret
 		campaigns:  newCampaignStatuses(repo),
 		settler:    newSettler(q, opts.Consumer, log.With("consumer", opts.Consumer)),
 		infraDelay: infraRetryDelay,
+		errorRates: newErrorRates(opts.ErrorBrake),
 	}
 }
 
@@ -171,6 +191,8 @@ type result struct {
 	job     Job
 	outcome Outcome
 	dead    bool
+	optOut  bool   // the provider said the recipient unsubscribed
+	pause   string // the error-rate brake tripped: pause the campaign with this reason
 }
 
 // claimedJob is a job with the time its claim was sent, so a job that
@@ -410,7 +432,7 @@ func (p *Pool) claim(ctx context.Context, ids []int64) ([]Job, time.Time) {
 		at = p.now()
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
-		jobs, unclaimed, err = p.repo.Claim(cctx, ids, p.opts.Lease)
+		jobs, unclaimed, err = p.repo.Claim(cctx, ids, p.opts.Lease, p.opts.FailUncertain)
 		return err
 	})
 	if err != nil { // shutdown
@@ -439,6 +461,10 @@ func (p *Pool) observeCancelled(unclaimed []Unclaimed) {
 func (p *Pool) settleUnclaimed(unclaimed []Unclaimed) {
 	var s queue.Settlement
 	for _, u := range unclaimed {
+		if u.Failed {
+			s.Dead = append(s.Dead, u.ID)
+			continue
+		}
 		if u.RetryAt.IsZero() {
 			s.Done = append(s.Done, u.ID)
 			continue
@@ -479,18 +505,42 @@ func (p *Pool) deliver(sendCtx context.Context, cj claimedJob) (r result) {
 	if sendCtx.Err() != nil || !p.campaigns.sending(sendCtx, j.CampaignID) {
 		return p.notAttempted(j)
 	}
+	ch := channel.Channel(j.Channel)
+	prov := p.providerFor(ch)
+	if p.opts.Gate != nil {
+		// Waiting for the provider's shared rate, or for its brake to lift,
+		// is no attempt; a long wait goes back to the queue instead of
+		// holding this goroutine, so other providers keep flowing.
+		wait, err := p.opts.Gate.Admit(sendCtx, prov, maxGateWait)
+		if err != nil || wait > 0 {
+			r = p.notAttempted(j)
+			if err == nil {
+				r.outcome.NextAttemptAt = p.now().Add(wait)
+			}
+			return r
+		}
+	}
 	ctx, cancel := context.WithTimeout(sendCtx, p.opts.SendTimeout)
 	start := time.Now()
-	err = p.sender.Send(ctx, Outgoing{IdempotencyKey: j.ID, Channel: j.Channel, To: j.Phone, Body: body})
-	p.opts.Observer.DeliveryTook(p.opts.Provider, time.Since(start))
+	acc, err := p.sender.Send(ctx, provider.Message{ID: j.ID, Channel: ch, To: j.Phone, Body: body})
+	took := time.Since(start)
+	p.opts.Observer.DeliveryTook(prov, took)
 	cancel()
 	if err == nil {
-		r.outcome = Outcome{ID: j.ID, Status: StatusSent, Content: body, Attempted: true}
+		o := Outcome{ID: j.ID, Status: StatusSent, Content: body, Attempted: true,
+			Provider: prov, ProviderMessageID: acc.MessageID, Segments: acc.Segments,
+			Cost: acc.Cost, Currency: acc.Currency,
+			StartedAt: start, Duration: took, AttemptResult: "sent", ProviderStatus: acc.Status}
+		if ch == channel.SMS {
+			info := sms.Analyze(body)
+			o.Encoding = string(info.Encoding)
+			if o.Segments == 0 {
+				o.Segments = info.Segments
+			}
+		}
+		r.outcome = o
+		r.pause = p.errorRates.observe(j.CampaignID, "")
 		return r
-	}
-	if sendCtx.Err() != nil {
-		// Cut off by shutdown, not by the provider: not a failed attempt.
-		return p.notAttempted(j)
 	}
 	if IsInfrastructure(err) {
 		// Our own PostgreSQL or Redis failed (the mock's ledger could not
@@ -502,7 +552,71 @@ func (p *Pool) deliver(sendCtx context.Context, cj claimedJob) (r result) {
 		r.outcome.NextAttemptAt = p.now().Add(loop.Backoff(1, p.infraDelay, p.infraDelay, p.jitter()))
 		return r
 	}
-	return p.failure(j, err, IsPermanent(err))
+	uncertain := provider.IsUncertain(err)
+	if sendCtx.Err() != nil && !uncertain {
+		// Cut off by shutdown before the request left: not an attempt.
+		return p.notAttempted(j)
+	}
+	var pe *provider.Error
+	errors.As(err, &pe)
+	switch provider.ClassOf(err) {
+	case provider.Throttled:
+		// The provider asked us to slow down: no attempt, and every
+		// replica waits with it.
+		wait := max(pe.RetryAfter, time.Second)
+		if p.opts.Gate != nil {
+			p.opts.Gate.Throttled(sendCtx, prov, wait)
+		}
+		r = p.notAttempted(j)
+		r.outcome.NextAttemptAt = p.now().Add(wait + time.Duration(p.jitter()*float64(wait)))
+		return r
+	case provider.Account:
+		// The provider refuses the whole account: brake it for every
+		// replica and burn no attempt until it recovers.
+		wait := time.Duration(0)
+		if p.opts.Gate != nil {
+			wait = p.opts.Gate.Brake(sendCtx, prov, err.Error())
+		}
+		r = p.notAttempted(j)
+		r.outcome.NextAttemptAt = p.now().Add(max(wait, time.Second))
+		return r
+	}
+	trip := p.errorRates.observe(j.CampaignID, errorKey(err))
+	var res result
+	switch {
+	case provider.ClassOf(err) == provider.OptedOut:
+		res = p.failure(j, err, true)
+		res.optOut = true
+	case provider.ClassOf(err) == provider.Permanent:
+		res = p.failure(j, err, true)
+	case uncertain && p.opts.FailUncertain:
+		res = p.failure(j, fmt.Errorf("uncertain: %w; not resent (UNCERTAIN_POLICY=fail)", err), true)
+	default:
+		res = p.failure(j, err, false)
+	}
+	res.outcome.Provider, res.outcome.StartedAt, res.outcome.Duration = prov, start, took
+	if pe != nil {
+		res.outcome.ProviderStatus = pe.Code
+	}
+	if uncertain {
+		res.outcome.AttemptResult = "uncertain"
+	}
+	res.pause = trip
+	return res
+}
+
+// maxGateWait is the longest a delivery goroutine waits in line for its
+// provider's rate; a longer wait puts the job back, delayed.
+const maxGateWait = time.Second
+
+// providerFor names the provider that carries ch.
+func (p *Pool) providerFor(ch channel.Channel) string {
+	if r, ok := p.sender.(interface{ ProviderFor(channel.Channel) string }); ok {
+		if name := r.ProviderFor(ch); name != "" {
+			return name
+		}
+	}
+	return p.opts.Provider
 }
 
 // infraRetryDelay is the pause (with jitter, half to all of it) before a
@@ -546,9 +660,11 @@ func (p *Pool) failure(j Job, err error, permanent bool) result {
 	if d.Retry {
 		o.Status = StatusPending
 		o.NextAttemptAt = p.now().Add(d.After)
+		o.AttemptResult = "retried"
 		return result{job: j, outcome: o}
 	}
 	o.Status = StatusFailed
+	o.AttemptResult = "failed"
 	if permanent {
 		o.Error = "permanent: " + o.Error
 	}
@@ -640,8 +756,9 @@ func (p *Pool) flush(ctx context.Context, batch []result) {
 			s.AddDelay(r.job.ID, r.outcome.NextAttemptAt)
 		}
 	}
-	err := loop.Retry(ctx, "recording outcomes", p.log, func(ctx context.Context) error {
-		skipped, err := p.repo.Record(ctx, outcomes)
+	var skipped []int64
+	err := loop.Retry(ctx, "recording outcomes", p.log, func(ctx context.Context) (err error) {
+		skipped, err = p.repo.Record(ctx, outcomes)
 		if err == nil {
 			p.count(batch, skipped)
 		}
@@ -652,6 +769,31 @@ func (p *Pool) flush(ctx context.Context, batch []result) {
 		return
 	}
 	p.settler.add(s)
+	p.afterRecord(ctx, batch, skipped)
+}
+
+// afterRecord acts on what a recorded batch said beyond message states:
+// recipients who unsubscribed are opted out, and campaigns whose error
+// rate tripped the brake are paused. Both run after the outcomes are
+// stored, and neither is retried: the opt-out repeats on the next message
+// to that customer (the provider answers it the same way), and the brake
+// trips again on the next window.
+func (p *Pool) afterRecord(ctx context.Context, batch []result, skipped []int64) {
+	for _, r := range batch {
+		if len(skipped) > 0 && slices.Contains(skipped, r.job.ID) {
+			continue
+		}
+		if r.optOut && p.opts.OnOptOut != nil {
+			p.opts.OnOptOut(ctx, r.job.CustomerID, channel.Channel(r.job.Channel))
+		}
+		if r.pause != "" {
+			if err := p.opts.ErrorBrake.Pause(ctx, r.job.CampaignID, r.pause); err != nil {
+				p.log.Warn("error-rate brake could not pause the campaign", "campaign_id", r.job.CampaignID, "err", err)
+				continue
+			}
+			p.log.Warn("campaign paused by the error-rate brake", "campaign_id", r.job.CampaignID, "reason", r.pause)
+		}
+	}
 }
 
 // count adds a recorded batch to the pool's counters and the observer,
@@ -687,4 +829,30 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n]
+}
+
+// Gate paces and brakes providers for every replica (messaging/throttle
+// implements it over Redis).
+type Gate interface {
+	// Admit returns 0 when a message may go to provider now, waiting in
+	// line up to max for the provider's shared rate; otherwise how long the
+	// message should wait (the rate is exhausted for longer, or the
+	// provider is braked).
+	Admit(ctx context.Context, provider string, max time.Duration) (time.Duration, error)
+	// Throttled tells every replica the provider asked to slow down for d.
+	Throttled(ctx context.Context, provider string, d time.Duration)
+	// Brake stops sends to provider on every replica, for reason, and
+	// returns how long the brake holds before a send is tried again.
+	Brake(ctx context.Context, provider, reason string) time.Duration
+}
+
+// IsInfrastructure reports whether err says this service's own PostgreSQL
+// or Redis is unreachable or out of capacity (connection refused, too many
+// connections, shutting down), as postgres.Classify and redisx.Classify
+// mark it (an UNAVAILABLE errs.Error anywhere in the chain), rather than
+// that the provider failed. Such a failure is no delivery attempt: the pool
+// puts the message back without counting it. A Sender passes these errors
+// on wrapped with %w, and never reports a provider's own outage this way.
+func IsInfrastructure(err error) bool {
+	return err != nil && errs.KindOf(err) == errs.KindUnavailable
 }

@@ -3,6 +3,7 @@ package messaging
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"slices"
@@ -14,6 +15,7 @@ import (
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
 
+	"github.com/campaignd/dispatch/messaging/provider"
 	"github.com/campaignd/dispatch/messaging/queue"
 	"github.com/campaignd/dispatch/platform/postgres/pgtest"
 )
@@ -133,23 +135,28 @@ func newFakeSender() *fakeSender {
 	return &fakeSender{fail: map[int64][]error{}, calls: map[int64]int{}, bodies: map[int64]string{}}
 }
 
-func (s *fakeSender) Send(ctx context.Context, m Outgoing) error {
+func (s *fakeSender) Send(ctx context.Context, m provider.Message) (provider.Accepted, error) {
 	if s.block != nil {
 		select {
 		case <-s.block:
 		case <-ctx.Done():
-			return ctx.Err()
+			return provider.Accepted{}, ctx.Err()
 		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	n := s.calls[m.IdempotencyKey]
-	s.calls[m.IdempotencyKey]++
-	if script := s.fail[m.IdempotencyKey]; n < len(script) {
-		return script[n]
+	n := s.calls[m.ID]
+	s.calls[m.ID]++
+	if script := s.fail[m.ID]; n < len(script) {
+		return provider.Accepted{}, script[n]
 	}
-	s.bodies[m.IdempotencyKey] = m.Body
-	return nil
+	s.bodies[m.ID] = m.Body
+	return provider.Accepted{MessageID: fmt.Sprintf("fake-%d", m.ID), Status: "accepted"}, nil
+}
+
+// permanent is a provider's permanent rejection, as adapters report one.
+func permanent(msg string) error {
+	return &provider.Error{Provider: "fake", Class: provider.Permanent, Code: "21211", Message: msg}
 }
 
 func (s *fakeSender) callsFor(id int64) int {
@@ -224,7 +231,7 @@ func allFinal(t *testing.T, db *sqlx.DB, ids []int64) func() bool {
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-func startPool(t *testing.T, q jobQueue, db *sqlx.DB, s Sender, attempts int) (stop func()) {
+func startPool(t *testing.T, q jobQueue, db *sqlx.DB, s provider.Sender, attempts int) (stop func()) {
 	t.Helper()
 	p := NewPool(PoolOptions{Consumer: "test", Concurrency: 4, BatchSize: 3, PollWait: 50 * time.Millisecond,
 		Lease: time.Minute, SendTimeout: 2 * time.Second, DrainTimeout: 2 * time.Second},
@@ -258,7 +265,7 @@ func TestPoolOutcomes(t *testing.T) {
 	netErr := errors.New("network down")
 	s.fail[ids[1]] = []error{netErr}
 	s.fail[ids[2]] = []error{netErr, netErr, netErr, netErr}
-	s.fail[ids[3]] = []error{Permanent(errors.New("invalid number"))}
+	s.fail[ids[3]] = []error{permanent("invalid number")}
 
 	q := newMemQueue(ids...)
 	startPool(t, q, db.DB, s, 3)

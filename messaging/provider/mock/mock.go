@@ -1,4 +1,8 @@
-package messaging
+// Package mock is the zero-configuration provider: it waits a random
+// latency, fails at configured rates, and delivers each message id at most
+// once through its Ledger, like a provider that honours idempotency keys.
+// The ledger lets tests count deliveries per message across crashes.
+package mock
 
 import (
 	"context"
@@ -10,57 +14,14 @@ import (
 
 	"github.com/jmoiron/sqlx"
 
-	"github.com/campaignd/dispatch/platform/errs"
+	"github.com/campaignd/dispatch/messaging/provider"
 	"github.com/campaignd/dispatch/platform/postgres"
 )
 
-// Outgoing is one message handed to a provider.
-type Outgoing struct {
-	// IdempotencyKey identifies the message (its id). Delivery is
-	// at-least-once, so a provider must deliver a key at most once.
-	IdempotencyKey int64
-	Channel        string
-	To             string
-	Body           string
-}
+// Name is the mock's provider name in metrics, logs and stored messages.
+const Name = "mock"
 
-// Sender delivers messages. Send returns nil once the provider accepted the
-// message (including when it had already accepted the same key), an error
-// wrapped with Permanent when retrying cannot help, an error for which
-// IsInfrastructure holds when this service's own PostgreSQL or Redis failed
-// (not counted as an attempt), and any other error for a failure worth
-// retrying. Send must honour ctx's deadline.
-type Sender interface {
-	Send(ctx context.Context, m Outgoing) error
-}
-
-type permanentError struct{ err error }
-
-func (e permanentError) Error() string { return e.err.Error() }
-func (e permanentError) Unwrap() error { return e.err }
-
-// Permanent marks err as not worth retrying (an invalid number, a rejected
-// body).
-func Permanent(err error) error { return permanentError{err} }
-
-// IsPermanent reports whether err was marked with Permanent.
-func IsPermanent(err error) bool {
-	var p permanentError
-	return errors.As(err, &p)
-}
-
-// IsInfrastructure reports whether err says this service's own PostgreSQL
-// or Redis is unreachable or out of capacity (connection refused, too many
-// connections, shutting down), as postgres.Classify and redisx.Classify
-// mark it (an UNAVAILABLE errs.Error anywhere in the chain), rather than
-// that the provider failed. Such a failure is no delivery attempt: the pool
-// puts the message back without counting it. A Sender passes these errors
-// on wrapped with %w, and never reports a provider's own outage this way.
-func IsInfrastructure(err error) bool {
-	return err != nil && errs.KindOf(err) == errs.KindUnavailable
-}
-
-// ErrSimulatedNetwork is the mock sender's transient failure.
+// ErrSimulatedNetwork is the mock's transient failure.
 var ErrSimulatedNetwork = errors.New("simulated network error")
 
 // Ledger remembers which idempotency keys a provider has delivered.
@@ -72,8 +33,8 @@ type Ledger interface {
 	Deliver(ctx context.Context, key int64, content string) (bool, error)
 }
 
-// MockOptions configure the mock sender.
-type MockOptions struct {
+// Options configure the mock.
+type Options struct {
 	SuccessRate          float64       // probability an attempt succeeds (SENDER_SUCCESS_RATE)
 	PermanentFailureRate float64       // share of failures that are permanent
 	MinLatency           time.Duration // each attempt waits uniformly in [MinLatency, MaxLatency]
@@ -82,18 +43,18 @@ type MockOptions struct {
 }
 
 // Mock is a provider stand-in: it waits a random latency, fails at the
-// configured rate, and delivers each idempotency key at most once through
-// its Ledger, like a provider that honours idempotency keys.
+// configured rate, and delivers each message id at most once through its
+// Ledger, like a provider that honours idempotency keys.
 type Mock struct {
-	opts   MockOptions
+	opts   Options
 	ledger Ledger
 
 	mu  sync.Mutex
 	rng *rand.Rand
 }
 
-// NewMock returns a mock sender recording deliveries in ledger.
-func NewMock(opts MockOptions, ledger Ledger) *Mock {
+// New returns a mock recording deliveries in ledger.
+func New(opts Options, ledger Ledger) *Mock {
 	seed := opts.Seed
 	if seed == 0 {
 		seed = rand.Uint64()
@@ -102,10 +63,12 @@ func NewMock(opts MockOptions, ledger Ledger) *Mock {
 }
 
 // Name is the provider's name in metrics and logs.
-func (m *Mock) Name() string { return "mock" }
+func (m *Mock) Name() string { return Name }
 
-// Send implements Sender.
-func (m *Mock) Send(ctx context.Context, out Outgoing) error {
+// Send implements provider.Sender. Errors from its ledger (this service's
+// own PostgreSQL) are passed on wrapped, so the pool sees them as
+// infrastructure failures, not attempts.
+func (m *Mock) Send(ctx context.Context, out provider.Message) (provider.Accepted, error) {
 	m.mu.Lock()
 	latency := m.opts.MinLatency
 	if span := m.opts.MaxLatency - m.opts.MinLatency; span > 0 {
@@ -120,30 +83,34 @@ func (m *Mock) Send(ctx context.Context, out Outgoing) error {
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return fmt.Errorf("mock send: %w", ctx.Err())
+			return provider.Accepted{}, &provider.Error{Provider: Name, Class: provider.Transient, Code: "timeout",
+				Message: ctx.Err().Error(), Uncertain: true, Err: ctx.Err()}
 		case <-t.C:
 		}
 	}
 	// A provider that honours idempotency keys answers a repeat of a key it
 	// accepted with the original success, whatever its weather now;
 	// otherwise a message delivered just before a crash could end failed.
-	done, err := m.ledger.Seen(ctx, out.IdempotencyKey)
+	accepted := provider.Accepted{MessageID: fmt.Sprintf("mock-%d", out.ID), Status: "accepted"}
+	done, err := m.ledger.Seen(ctx, out.ID)
 	if err != nil {
-		return fmt.Errorf("mock provider: %w", err)
+		return provider.Accepted{}, fmt.Errorf("mock provider: %w", err)
 	}
 	if done {
-		return nil
+		return accepted, nil
 	}
 	if permanent {
-		return Permanent(errors.New("simulated invalid destination"))
+		return provider.Accepted{}, &provider.Error{Provider: Name, Class: provider.Permanent, Code: "invalid_destination",
+			Message: "simulated invalid destination"}
 	}
 	if !ok {
-		return ErrSimulatedNetwork
+		return provider.Accepted{}, &provider.Error{Provider: Name, Class: provider.Transient, Code: "network",
+			Message: ErrSimulatedNetwork.Error(), Err: ErrSimulatedNetwork}
 	}
-	if _, err := m.ledger.Deliver(ctx, out.IdempotencyKey, out.Body); err != nil {
-		return fmt.Errorf("mock provider: %w", err)
+	if _, err := m.ledger.Deliver(ctx, out.ID, out.Body); err != nil {
+		return provider.Accepted{}, fmt.Errorf("mock provider: %w", err)
 	}
-	return nil
+	return accepted, nil
 }
 
 // MemoryLedger is an in-process ledger, for benchmarks and unit tests; it
