@@ -21,6 +21,17 @@ func main() {
 }
 
 func run() int {
+	// The provider simulator is a tool of its own: it has its own flags and
+	// needs neither the service's configuration nor its databases.
+	if len(os.Args) > 1 && os.Args[1] == "provider-sim" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		if err := app.ProviderSim(ctx, os.Args[2:], os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "provider-sim:", err)
+			return 1
+		}
+		return 0
+	}
 	fs := pflag.NewFlagSet("dispatch", pflag.ContinueOnError)
 	fs.Usage = func() {
 		fmt.Fprint(os.Stderr, app.Usage)

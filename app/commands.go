@@ -13,6 +13,7 @@ import (
 
 	"github.com/campaignd/dispatch/db/migrations"
 	"github.com/campaignd/dispatch/db/seed"
+	"github.com/campaignd/dispatch/messaging/provider/sim"
 	"github.com/campaignd/dispatch/platform/postgres"
 )
 
@@ -31,6 +32,8 @@ commands:
   apikey list      list API keys (never their secrets)
   apikey revoke ID revoke an API key
   version          print the version
+  provider-sim [flags]
+                   serve a simulator of the Africa's Talking and Twilio APIs (see provider-sim --help)
 
 flags:
 `
@@ -164,4 +167,10 @@ func healthcheck(ctx context.Context, port int) error {
 		return fmt.Errorf("healthcheck: status %d: %s", resp.StatusCode, body)
 	}
 	return nil
+}
+
+// ProviderSim runs the provider simulator (dispatch provider-sim) until ctx
+// ends.
+func ProviderSim(ctx context.Context, args []string, out io.Writer) error {
+	return sim.Command(ctx, args, out)
 }

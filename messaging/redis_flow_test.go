@@ -168,7 +168,7 @@ func TestRedisFlowOutcomes(t *testing.T) {
 			wantStatus:  StatusFailed,
 			wantCalls:   1,
 			wantRetries: 1,
-			wantError:   ptrTo("permanent: invalid number"),
+			wantError:   ptrTo("fake: permanent 21211: invalid number"),
 			wantDead:    true,
 		},
 	}

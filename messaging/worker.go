@@ -665,7 +665,8 @@ func (p *Pool) failure(j Job, err error, permanent bool) result {
 	}
 	o.Status = StatusFailed
 	o.AttemptResult = "failed"
-	if permanent {
+	var pe *provider.Error
+	if permanent && !errors.As(err, &pe) { // a provider's error names its class itself
 		o.Error = "permanent: " + o.Error
 	}
 	return result{job: j, outcome: o, dead: true}
