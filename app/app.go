@@ -184,8 +184,8 @@ func (a *App) wire() error {
 		StaleAfter:      cfg.Sweeper.StaleAfter,
 		FeedFloor:       2*cfg.WorkerConcurrency + cfg.Worker.BatchSize,
 	}, a.log.With("component", "sweeper"))
-	a.metrics = a.newMetrics()
 	a.providerGate = a.gate()
+	a.metrics = a.newMetrics()
 
 	// The preview and the workers enforce the same limits.
 	limits := messaging.Limits{SMS: cfg.Limits.SMSMaxChars, WhatsApp: cfg.Limits.WhatsAppMaxChars}

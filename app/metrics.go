@@ -14,6 +14,7 @@ func (a *App) newMetrics() *metrics.Registry {
 		DB:      a.db.DB,
 		DBName:  "dispatch",
 		Depths:  queueDepths{a.messaging},
+		Brakes:  providerBrakes{a},
 		Workers: a.cfg.WorkerConcurrency,
 		Log:     a.log.With("component", "metrics"),
 	})
@@ -29,4 +30,19 @@ func (q queueDepths) Depths(ctx context.Context) (map[string]int64, error) {
 		return nil, err
 	}
 	return map[string]int64{"ready": d.Ready, "processing": d.Processing, "delayed": d.Delayed, "dead": d.Dead}, nil
+}
+
+// providerBrakes adapts the provider gate to metrics.BrakeSource.
+type providerBrakes struct{ a *App }
+
+func (p providerBrakes) Braked(ctx context.Context) (map[string]bool, error) {
+	out := map[string]bool{}
+	for _, name := range p.a.providerNames() {
+		st, err := p.a.providerGate.Status(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		out[name] = st.Braked
+	}
+	return out, nil
 }

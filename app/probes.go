@@ -12,6 +12,7 @@ import (
 
 	"github.com/campaignd/dispatch/messaging"
 	"github.com/campaignd/dispatch/messaging/queue"
+	"github.com/campaignd/dispatch/messaging/throttle"
 	"github.com/campaignd/dispatch/platform/postgres"
 	"github.com/campaignd/dispatch/platform/redisx"
 )
@@ -38,6 +39,11 @@ type healthBody struct {
 	Pool    poolInfo          `json:"postgres_pool"`
 	Queue   *queue.Depths     `json:"queue,omitempty"`
 	Worker  *workerInfo       `json:"worker,omitempty"`
+	// Providers are the providers in use, each with its brake: an
+	// account-level failure (no balance, bad credentials) stops all sends to
+	// it on every replica until the brake lifts. A braked provider does not
+	// make the service unhealthy: the API and the other providers work.
+	Providers map[string]throttle.Status `json:"providers,omitempty"`
 }
 
 // poolInfo is the state of the PostgreSQL pool that API requests and
@@ -114,6 +120,16 @@ func (a *App) health(c echo.Context) error {
 	}
 	if a.pool != nil {
 		body.Worker = &workerInfo{Concurrency: a.cfg.WorkerConcurrency, Processed: a.pool.Stats()}
+	}
+	if checks["redis"] == "ok" {
+		body.Providers = map[string]throttle.Status{}
+		for _, name := range a.providerNames() {
+			pctx, cancel := context.WithTimeout(ctx, checkBudget)
+			if st, err := a.providerGate.Status(pctx, name); err == nil {
+				body.Providers[name] = st
+			}
+			cancel()
+		}
 	}
 	return c.JSON(status, body)
 }

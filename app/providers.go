@@ -2,6 +2,7 @@ package app
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -90,4 +91,15 @@ func (a *App) gate() *throttle.Gate {
 		MaxBrake: cfg.Providers.MaxBrake,
 		CacheFor: 500 * time.Millisecond,
 	})
+}
+
+// providerNames lists the distinct providers the configuration uses.
+func (a *App) providerNames() []string {
+	var out []string
+	for _, name := range []string{a.cfg.Providers.SMS, a.cfg.Providers.WhatsApp} {
+		if !slices.Contains(out, name) {
+			out = append(out, name)
+		}
+	}
+	return out
 }

@@ -26,6 +26,12 @@ type DepthSource interface {
 	Depths(ctx context.Context) (map[string]int64, error)
 }
 
+// BrakeSource reports, per provider in use, whether it is braked (an
+// account-level failure stopped all sends to it). Read at every scrape.
+type BrakeSource interface {
+	Braked(ctx context.Context) (map[string]bool, error)
+}
+
 // depthTimeout bounds the queue-depth read of one scrape: a scrape while
 // Redis is down answers promptly, without the depths.
 const depthTimeout = time.Second
@@ -35,6 +41,7 @@ type Options struct {
 	DB      *sql.DB     // its pool's statistics are exported as go_sql_*; nil: none
 	DBName  string      // the db_name label of those statistics
 	Depths  DepthSource // nil: no dispatch_queue_depth
+	Brakes  BrakeSource // nil: no dispatch_provider_braked
 	Workers int         // configured delivery goroutines (0 on an API-only replica)
 	Log     *slog.Logger
 }
@@ -105,7 +112,39 @@ func New(opts Options) *Registry {
 				"Jobs in each part of the queue: ready, processing, delayed, dead.", []string{"state"}, nil),
 		})
 	}
+	if opts.Brakes != nil {
+		r.reg.MustRegister(brakeCollector{
+			src: opts.Brakes,
+			desc: prometheus.NewDesc("dispatch_provider_braked",
+				"1 while the provider is braked for every replica after an account-level failure, else 0.", []string{"provider"}, nil),
+		})
+	}
 	return r
+}
+
+// brakeCollector reads the providers' brakes when scraped.
+type brakeCollector struct {
+	src  BrakeSource
+	desc *prometheus.Desc
+}
+
+func (c brakeCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c brakeCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), depthTimeout)
+	defer cancel()
+	brakes, err := c.src.Braked(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.desc, fmt.Errorf("read provider brakes: %w", err))
+		return
+	}
+	for provider, on := range brakes {
+		v := 0.0
+		if on {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, v, provider)
+	}
 }
 
 // Handler serves the metrics in the Prometheus text format (or OpenMetrics,
