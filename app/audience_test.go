@@ -139,7 +139,7 @@ func (e *audEnv) stats(t *testing.T, id int64) map[string]int64 {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	if want := []string{"cancelled", "failed", "pending", "sending", "sent", "total"}; !slices.Equal(keys, want) {
+	if want := []string{"cancelled", "delivered", "failed", "pending", "sending", "sent", "total", "undelivered"}; !slices.Equal(keys, want) {
 		t.Errorf("campaign %d: stats keys %v, want %v", id, keys, want)
 	}
 	if sum := s["pending"] + s["sending"] + s["sent"] + s["failed"] + s["cancelled"]; sum != s["total"] {

@@ -37,7 +37,7 @@ func TestStartupPostgresDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	port := closedPort(t)
-	cfg.Database.URL = fmt.Sprintf("postgres://postgres:secret@127.0.0.1:%d/campaigns?sslmode=disable", port)
+	cfg.Database.URL = fmt.Sprintf("postgres://postgres:pw-7f3a9c@127.0.0.1:%d/campaigns?sslmode=disable", port)
 	cfg.StartupTimeout = 1500 * time.Millisecond
 	cfg.API.Port = 0
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
@@ -56,7 +56,7 @@ func TestStartupPostgresDown(t *testing.T) {
 		t.Errorf("New returned after %v, want about STARTUP_TIMEOUT (%v)", took, cfg.StartupTimeout)
 	}
 	log.checkWaitLine(t, "postgres", fmt.Sprintf("127.0.0.1:%d", port))
-	if strings.Contains(log.String(), "secret") {
+	if strings.Contains(log.String(), "pw-7f3a9c") {
 		t.Errorf("the log shows the database password:\n%s", log)
 	}
 }
@@ -65,7 +65,7 @@ func TestStartupPostgresDown(t *testing.T) {
 func TestStartupRedisDown(t *testing.T) {
 	cfg := testConfig(t) // before the goroutine snapshot: its helpers keep clients open
 	port := closedPort(t)
-	cfg.Redis.URL = fmt.Sprintf("redis://:secret@127.0.0.1:%d/0", port)
+	cfg.Redis.URL = fmt.Sprintf("redis://:pw-7f3a9c@127.0.0.1:%d/0", port)
 	cfg.StartupTimeout = 1500 * time.Millisecond
 	// Only Redis may be what the wait is about: create the database first,
 	// as CREATE DATABASE on a loaded server can take longer than the timeout.
@@ -93,7 +93,7 @@ func TestStartupRedisDown(t *testing.T) {
 	if n := log.count("waiting for postgres"); n != 0 {
 		t.Errorf("%d \"waiting for postgres\" lines with PostgreSQL up", n)
 	}
-	if strings.Contains(log.String(), "secret") {
+	if strings.Contains(log.String(), "pw-7f3a9c") {
 		t.Errorf("the log shows the Redis password:\n%s", log)
 	}
 }

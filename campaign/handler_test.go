@@ -243,7 +243,7 @@ func TestGetWithStats(t *testing.T) {
 			if err := json.Unmarshal(raw["stats"], &stats); err != nil {
 				t.Fatal(err)
 			}
-			if diff := cmp.Diff([]string{"cancelled", "failed", "pending", "sending", "sent", "total"}, keys(stats)); diff != "" {
+			if diff := cmp.Diff([]string{"cancelled", "delivered", "failed", "pending", "sending", "sent", "total", "undelivered"}, keys(stats)); diff != "" {
 				t.Errorf("stats keys (-want +got):\n%s", diff)
 			}
 		})
