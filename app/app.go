@@ -63,7 +63,12 @@ type App struct {
 	// providerGate paces and brakes providers across replicas; /health
 	// reports its brakes.
 	providerGate *throttle.Gate
-	metrics      *metrics.Registry
+	// probeGate reads the same brakes through the probes' own Redis
+	// connections, so /health answers while the main pool is saturated.
+	probeGate *throttle.Gate
+	receipts  *messaging.Receipts // delivery receipts, applied in batches
+	webhooks  *messaging.Webhooks // the providers' callbacks
+	metrics   *metrics.Registry
 }
 
 // New connects to PostgreSQL and Redis (waiting up to startup_timeout for
@@ -184,8 +189,21 @@ func (a *App) wire() error {
 		StaleAfter:      cfg.Sweeper.StaleAfter,
 		FeedFloor:       2*cfg.WorkerConcurrency + cfg.Worker.BatchSize,
 	}, a.log.With("component", "sweeper"))
-	a.providerGate = a.gate()
+	a.providerGate = a.gate(a.rdb)
+	a.probeGate = a.gate(a.probeRdb)
 	a.metrics = a.newMetrics()
+	a.receipts = messaging.NewReceipts(a.db, messaging.ReceiptOptions{
+		OnOptOut: func(ctx context.Context, phone string, ch channel.Channel) {
+			if _, err := a.customers.OptOutPhone(ctx, phone, ch); err != nil {
+				a.log.Warn("could not opt out a recipient a receipt reported blocking us", "channel", ch, "err", err)
+			}
+		},
+	}, a.log.With("component", "receipts"))
+	a.webhooks = messaging.NewWebhooks(messaging.WebhookOptions{
+		PublicBaseURL:    cfg.PublicBaseURL,
+		TwilioAuthToken:  cfg.Twilio.AuthToken,
+		ATCallbackSecret: cfg.AfricasTalking.CallbackSecret,
+	}, a.db, a.receipts, a.customers, a.log.With("component", "webhooks"))
 
 	// The preview and the workers enforce the same limits.
 	limits := messaging.Limits{SMS: cfg.Limits.SMSMaxChars, WhatsApp: cfg.Limits.WhatsAppMaxChars}
@@ -262,6 +280,7 @@ func (a *App) Run(ctx context.Context) error {
 	defer stopLoops()
 	var loops sync.WaitGroup
 	loops.Go(func() { a.messaging.RunMaintenance(loopCtx) })                            // returns when loopCtx ends
+	loops.Go(func() { a.receipts.Run(loopCtx) })                                        // returns when loopCtx ends
 	loops.Go(func() { a.messaging.RunFeeder(loopCtx) })                                 // returns when loopCtx ends
 	loops.Go(func() { a.messaging.RunMaterializer(loopCtx, a.cfg.Sweeper.Interval) })   // returns when loopCtx ends
 	loops.Go(func() { a.campaigns.RunFinisher(loopCtx, a.cfg.Sweeper.FinishInterval) }) // returns when loopCtx ends

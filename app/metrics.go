@@ -38,7 +38,7 @@ type providerBrakes struct{ a *App }
 func (p providerBrakes) Braked(ctx context.Context) (map[string]bool, error) {
 	out := map[string]bool{}
 	for _, name := range p.a.providerNames() {
-		st, err := p.a.providerGate.Status(ctx, name)
+		st, err := p.a.probeGate.Status(ctx, name)
 		if err != nil {
 			return nil, err
 		}

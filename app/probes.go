@@ -125,7 +125,7 @@ func (a *App) health(c echo.Context) error {
 		body.Providers = map[string]throttle.Status{}
 		for _, name := range a.providerNames() {
 			pctx, cancel := context.WithTimeout(ctx, checkBudget)
-			if st, err := a.providerGate.Status(pctx, name); err == nil {
+			if st, err := a.probeGate.Status(pctx, name); err == nil {
 				body.Providers[name] = st
 			}
 			cancel()

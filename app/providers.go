@@ -6,6 +6,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/campaignd/dispatch/messaging/provider"
 	"github.com/campaignd/dispatch/messaging/provider/africastalking"
 	"github.com/campaignd/dispatch/messaging/provider/mock"
@@ -79,10 +81,10 @@ func (a *App) senders() (provider.ByChannel, error) {
 	return out, nil
 }
 
-// gate paces and brakes the providers for every replica.
-func (a *App) gate() *throttle.Gate {
+// gate paces and brakes the providers for every replica, through rdb.
+func (a *App) gate(rdb redis.UniversalClient) *throttle.Gate {
 	cfg := a.cfg
-	return throttle.New(a.rdb, cfg.Redis.KeyPrefix, throttle.Options{
+	return throttle.New(rdb, cfg.Redis.KeyPrefix, throttle.Options{
 		Rates: map[string]int{
 			africastalking.Name: cfg.AfricasTalking.Rate,
 			twilio.Name:         cfg.Twilio.Rate,

@@ -11,17 +11,25 @@ import (
 
 	"github.com/campaignd/dispatch/campaign"
 	"github.com/campaignd/dispatch/customer"
+	"github.com/campaignd/dispatch/messaging"
 	"github.com/campaignd/dispatch/messaging/template"
 	"github.com/campaignd/dispatch/platform/auth"
 	"github.com/campaignd/dispatch/platform/httpx"
 	"github.com/campaignd/dispatch/platform/ratelimit"
 )
 
-// publicRoutes need no API key: probes, metrics and the published contract.
-var publicRoutes = map[string]bool{
-	"/health": true, "/livez": true, "/readyz": true, "/metrics": true,
-	"/openapi.json": true, "/docs": true, "/docs/:asset": true,
-}
+// publicRoutes need no API key: probes, metrics, the published contract,
+// and the providers' webhooks, which authenticate themselves.
+var publicRoutes = func() map[string]bool {
+	m := map[string]bool{
+		"/health": true, "/livez": true, "/readyz": true, "/metrics": true,
+		"/openapi.json": true, "/docs": true, "/docs/:asset": true,
+	}
+	for _, p := range messaging.WebhookPaths() {
+		m[p] = true
+	}
+	return m
+}()
 
 // routes builds the Echo instance: middleware, the one error handler, and
 // each feature's routes. A worker-only replica (api.enabled false) serves
@@ -82,6 +90,7 @@ func (a *App) routes() (*echo.Echo, error) {
 		ImportConcurrency: a.cfg.API.ImportConcurrency,
 	}).Register(e)
 	campaign.NewHandler(a.campaigns).Register(e)
+	a.webhooks.Register(e)
 	return e, nil
 }
 
