@@ -370,14 +370,15 @@ func TestProviderE2EThrottleStorm(t *testing.T) {
 	t.Parallel()
 	const n = 300
 	rig := startProviderRig(t, sim.Options{
-		Latency:      20 * time.Millisecond,
+		// Every 429 holds the provider for a second (Retry-After: 1) from
+		// the moment it is answered: the more sends go out before the first
+		// answer of each opening, the sooner the storm is through.
+		Latency:      100 * time.Millisecond,
 		ThrottleRate: 0.5,
 		ReceiptDelay: 20 * time.Millisecond,
 	}, func(cfg *Config) {
 		cfg.MaxRetryCount = 1 // an attempt burned by a 429 would fail the message
-		// Every 429 holds the provider for a second (Retry-After: 1): the
-		// more sends each opening carries, the sooner the storm is through.
-		cfg.WorkerConcurrency = 50
+		cfg.WorkerConcurrency = 100
 	})
 	ids := importCustomers(t, rig.testApp, rig.db, slices.Repeat([]string{"Nairobi"}, n)...)
 	id, _ := mustCreateCampaign(t, rig.testApp, map[string]any{"name": "throttle storm", "channel": "sms"})
@@ -526,12 +527,27 @@ func TestProviderE2EErrorRateBrake(t *testing.T) {
 	if res := campaignAction(t, rig.testApp, id, "resume"); res.Status != "sending" {
 		t.Fatalf("resume = %+v, want sending", res)
 	}
-	// Resumed, the campaign gets a fresh window: attempts are made again,
-	// and a window later the brake trips again.
+	// Resumed, the campaign gets a fresh window (ErrorBrakeOptions: "Resume
+	// clears it"): attempts are made again, and the brake trips again only
+	// once a whole window of them has failed.
 	c = waitProvCampaign(t, rig.testApp, id, "paused again", 20*time.Second, func(c provCampaign) bool {
-		return c.Status == "paused" && c.Stats.Failed >= first.Failed+window
+		if c.final() {
+			t.Fatalf("resumed campaign ended %s %+v without being paused again", c.Status, c.Stats)
+		}
+		return c.Status == "paused" && c.Stats.Failed > first.Failed && c.Stats.Sending == 0
 	})
+	if more := c.Stats.Failed - first.Failed; more < window {
+		t.Errorf("the resumed campaign was paused again after %d more failed attempts (in-flight ones included), "+
+			"fewer than the window of %d: resume did not start a fresh window (reason %q)", more, window, deref(c.StatusReason))
+	}
 	if st := rig.sim.Stats(); st.Accepted != 0 || st.Rejected < int(c.Stats.Failed) {
 		t.Errorf("simulator %+v, want no send accepted and at least %d refused", st, c.Stats.Failed)
 	}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return "<nil>"
+	}
+	return *s
 }

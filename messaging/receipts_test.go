@@ -24,7 +24,12 @@ type receiptEnv struct {
 // and stops it when the test ends.
 func newReceiptEnv(t *testing.T, opts ReceiptOptions) *receiptEnv {
 	t.Helper()
-	db := pgtest.New(t)
+	return startReceipts(t, pgtest.New(t), opts)
+}
+
+// startReceipts is newReceiptEnv over an existing schema.
+func startReceipts(t *testing.T, db *pgtest.DB, opts ReceiptOptions) *receiptEnv {
+	t.Helper()
 	if opts.RetryInterval == 0 {
 		opts.RetryInterval = 20 * time.Millisecond
 	}
