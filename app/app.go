@@ -192,12 +192,10 @@ func (a *App) wire() error {
 	a.providerGate = a.gate(a.rdb)
 	a.probeGate = a.gate(a.probeRdb)
 	a.metrics = a.newMetrics()
+	// A receipt saying the recipient blocked us opts them out as a STOP
+	// reply does: the opt-out, then their pending messages cancelled.
 	a.receipts = messaging.NewReceipts(a.db, messaging.ReceiptOptions{
-		OnOptOut: func(ctx context.Context, phone string, ch channel.Channel) {
-			if _, err := a.customers.OptOutPhone(ctx, phone, ch); err != nil {
-				a.log.Warn("could not opt out a recipient a receipt reported blocking us", "channel", ch, "err", err)
-			}
-		},
+		OnOptOut: messaging.OptOutHook(a.db, a.customers, a.log.With("component", "receipts")),
 	}, a.log.With("component", "receipts"))
 	a.webhooks = messaging.NewWebhooks(messaging.WebhookOptions{
 		PublicBaseURL:    cfg.PublicBaseURL,

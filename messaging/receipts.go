@@ -66,6 +66,9 @@ const receiptChunk = 5000
 // fails the waiting webhooks (the providers retry) instead of holding them.
 const batchTimeout = 10 * time.Second
 
+// retryPassTimeout bounds one periodic pass; the next one continues.
+const retryPassTimeout = 30 * time.Second
+
 // ErrReceiptsStopped is returned by Add when Receipts is not running (the
 // service is shutting down): 503, so the provider retries later.
 var ErrReceiptsStopped = errs.New(errs.KindUnavailable, errs.CodeUnavailable,
@@ -168,8 +171,10 @@ func (r *Receipts) Add(ctx context.Context, rc provider.Receipt) error {
 // Run runs the batcher, which commits what Add hands it, and the periodic
 // pass, which applies receipts that arrived before their message was
 // recorded as sent and gives up on those older than RetryUnmatchedFor. It
-// returns when ctx has ended and both have returned; Adds still waiting
-// then get ErrReceiptsStopped. Call it once.
+// returns when ctx has ended and both have returned. The batch being
+// collected when ctx ends is still committed (within batchTimeout); Adds
+// made after that get ErrReceiptsStopped. Call it once, and end it after
+// the HTTP server has stopped, so webhooks in flight are answered.
 func (r *Receipts) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	// Returns when ctx ends (loop.Every).
@@ -204,7 +209,7 @@ func (r *Receipts) batcher(ctx context.Context) {
 			case <-timer.C:
 				break collect
 			case <-ctx.Done():
-				finish(batch, ErrReceiptsStopped)
+				r.commit(ctx, batch) // what is collected is committed all the same
 				return
 			}
 		}
@@ -213,7 +218,7 @@ func (r *Receipts) batcher(ctx context.Context) {
 	}
 }
 
-func finish(batch []*receiptWaiter, err error) {
+func answerWaiters(batch []*receiptWaiter, err error) {
 	for _, w := range batch {
 		w.done <- err
 	}
@@ -223,9 +228,11 @@ func finish(batch []*receiptWaiter, err error) {
 // for its opt-outs, and then answers its waiters. Opt-outs come first: if
 // the process dies before they are applied, no waiter was answered, so the
 // provider sends the receipt again, and the repeat (a duplicate, but found
-// by its message all the same) reports the opt-out again.
+// by its message all the same) reports the opt-out again. A batch already
+// collected is committed even if ctx ends meanwhile (shutdown), within
+// batchTimeout, so its waiters are answered with the truth.
 func (r *Receipts) commit(ctx context.Context, batch []*receiptWaiter) {
-	ctx, cancel := context.WithTimeout(ctx, batchTimeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), batchTimeout)
 	defer cancel()
 	rows := make([]provider.Receipt, len(batch))
 	for i, w := range batch {
@@ -256,7 +263,7 @@ func (r *Receipts) commit(ctx context.Context, batch []*receiptWaiter) {
 		r.applied.Add(res.moved)
 		r.optOut(ctx, res.optOuts)
 	}
-	finish(batch, err)
+	answerWaiters(batch, err)
 }
 
 // insertReceiptsSQL writes a batch to the inbox; a receipt it already holds
@@ -438,6 +445,8 @@ type unappliedReceipt struct {
 // stopped it; the next pass starts over, so stopping half-way loses
 // nothing.
 func (r *Receipts) retryUnapplied(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, retryPassTimeout)
+	defer cancel()
 	var gaveUp int64
 	for {
 		res, err := r.db.ExecContext(ctx, giveUpReceiptsSQL, r.opts.RetryUnmatchedFor.Microseconds(), receiptChunk)

@@ -2,6 +2,7 @@ package messaging
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/campaignd/dispatch/messaging/provider"
 	"github.com/campaignd/dispatch/platform/channel"
+	"github.com/campaignd/dispatch/platform/errs"
 	"github.com/campaignd/dispatch/platform/postgres/pgtest"
 )
 
@@ -139,11 +141,11 @@ func (e *receiptEnv) add(t *testing.T, rc provider.Receipt) {
 	}
 }
 
-func delivered(prov, id string) provider.Receipt {
+func rcptDelivered(prov, id string) provider.Receipt {
 	return provider.Receipt{Provider: prov, MessageID: id, Status: provider.Delivered, ProviderStatus: "delivered"}
 }
 
-func undelivered(prov, id, code string) provider.Receipt {
+func rcptUndelivered(prov, id, code string) provider.Receipt {
 	return provider.Receipt{Provider: prov, MessageID: id, Status: provider.Undelivered, ProviderStatus: "undelivered", Error: code}
 }
 
@@ -161,14 +163,14 @@ func TestReceiptMovesSentOnce(t *testing.T) {
 		t.Fatalf("intermediate receipt stored: %+v", got)
 	}
 
-	e.add(t, delivered("twilio", "SM1")) // Add returns once the batch has committed
+	e.add(t, rcptDelivered("twilio", "SM1")) // Add returns once the batch has committed
 	first := e.state(t, id)
 	if first.Status != "delivered" || first.DeliveredAt == nil || first.LastError != nil {
 		t.Fatalf("after delivered: %+v, want delivered with delivered_at and no error", first)
 	}
 
-	e.add(t, delivered("twilio", "SM1"))
-	e.add(t, undelivered("twilio", "SM1", "30003"))
+	e.add(t, rcptDelivered("twilio", "SM1"))
+	e.add(t, rcptUndelivered("twilio", "SM1", "30003"))
 	if got := e.state(t, id); !cmp.Equal(got, first) {
 		t.Errorf("a repeat and a late undelivered changed the message:\n%s", cmp.Diff(first, got))
 	}
@@ -177,12 +179,12 @@ func TestReceiptMovesSentOnce(t *testing.T) {
 		t.Errorf("inbox (-want +got):\n%s", diff)
 	}
 
-	e.add(t, undelivered("twilio", "SM2", "30003"))
+	e.add(t, rcptUndelivered("twilio", "SM2", "30003"))
 	if got := e.state(t, other); got.Status != "undelivered" || got.LastError == nil || *got.LastError != "30003" || got.DeliveredAt != nil {
 		t.Errorf("after undelivered: status %s, last_error %v, delivered_at %v; want undelivered, 30003, nil",
 			got.Status, deref(got.LastError), got.DeliveredAt)
 	}
-	e.add(t, delivered("twilio", "SM2"))
+	e.add(t, rcptDelivered("twilio", "SM2"))
 	if got := e.state(t, other); got.Status != "undelivered" {
 		t.Errorf("delivered after undelivered moved the message to %s", got.Status)
 	}
@@ -205,7 +207,7 @@ func TestReceiptSameBatchPrefersDelivered(t *testing.T) {
 	e := newReceiptEnv(t, ReceiptOptions{BatchSize: 2, FlushInterval: time.Minute})
 	id := e.sentMessage(t, "+14155550101", "africastalking", "ATXid_1")
 	var wg sync.WaitGroup
-	for _, rc := range []provider.Receipt{undelivered("africastalking", "ATXid_1", "DeliveryFailure"), delivered("africastalking", "ATXid_1")} {
+	for _, rc := range []provider.Receipt{rcptUndelivered("africastalking", "ATXid_1", "DeliveryFailure"), rcptDelivered("africastalking", "ATXid_1")} {
 		wg.Go(func() { e.add(t, rc) })
 	}
 	wg.Wait()
@@ -226,7 +228,7 @@ func TestReceiptBeforeSentIsAppliedLater(t *testing.T) {
 	e := newReceiptEnv(t, ReceiptOptions{})
 	id := e.message(t, e.campaign(t, channel.SMS), e.customer(t, "+14155550101"), "sending", "", "")
 
-	e.add(t, delivered("twilio", "SM9"))
+	e.add(t, rcptDelivered("twilio", "SM9"))
 	if got := e.state(t, id); got.Status != "sending" {
 		t.Fatalf("status %s before the message was recorded, want sending", got.Status)
 	}
@@ -252,7 +254,7 @@ func TestReceiptUnknownIDGivenUp(t *testing.T) {
 	e := newReceiptEnv(t, ReceiptOptions{RetryUnmatchedFor: 50 * time.Millisecond})
 	id := e.sentMessage(t, "+14155550101", "twilio", "SM1")
 
-	e.add(t, delivered("twilio", "SM-unknown"))
+	e.add(t, rcptDelivered("twilio", "SM-unknown"))
 	waitFor(t, "the unknown receipt given up", 10*time.Second, func() bool { return e.r.Stats().GivenUp == 1 })
 	if diff := cmp.Diff([]receiptRow{{Status: "delivered", Applied: true}}, e.receipts(t, "twilio", "SM-unknown")); diff != "" {
 		t.Errorf("inbox (-want +got):\n%s", diff)
@@ -283,10 +285,10 @@ func TestReceiptOptOutCallsHook(t *testing.T) {
 	id := e.message(t, e.campaign(t, channel.WhatsApp), e.customer(t, "+14155550101"), "sent", "twilio", "SM1")
 	e.sentMessage(t, "+14155550102", "twilio", "SM2")
 
-	rc := undelivered("twilio", "SM1", "21610")
+	rc := rcptUndelivered("twilio", "SM1", "21610")
 	rc.OptOut = true
 	e.add(t, rc)
-	e.add(t, undelivered("twilio", "SM2", "30003")) // no opt-out
+	e.add(t, rcptUndelivered("twilio", "SM2", "30003")) // no opt-out
 	e.add(t, rc)
 	mu.Lock()
 	got := append([]string(nil), calls...)
@@ -324,9 +326,9 @@ SELECT $1, id, 'sent', 'twilio', 'SM' || id FROM customers`, campaignID)
 	for w := range workers {
 		wg.Go(func() {
 			for i := w; i < n; i += workers {
-				rc := delivered("twilio", fmt.Sprint("SM", ids[i]))
+				rc := rcptDelivered("twilio", fmt.Sprint("SM", ids[i]))
 				if i%10 == 0 {
-					rc = undelivered("twilio", fmt.Sprint("SM", ids[i]), "30005")
+					rc = rcptUndelivered("twilio", fmt.Sprint("SM", ids[i]), "30005")
 				}
 				if err := e.r.Add(context.Background(), rc); err != nil {
 					t.Errorf("Add: %v", err)
@@ -359,4 +361,30 @@ FROM outbound_messages`); err != nil {
 		t.Errorf("stats %+v, want %d stored and applied", st, n)
 	}
 	t.Logf("%d receipts from %d goroutines applied in %v (%.0f/s)", n, workers, took, float64(n)/took.Seconds())
+}
+
+// TestReceiptAddAfterStop checks Add fails fast with ErrReceiptsStopped (a
+// 503, so the provider retries) once Run has returned, and honours its
+// context while Run has not started.
+func TestReceiptAddAfterStop(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	r := NewReceipts(db.DB, ReceiptOptions{}, quiet)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if err := r.Add(ctx, rcptDelivered("twilio", "SM1")); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Add before Run = %v, want the context's deadline", err)
+	}
+
+	stopped, stop := context.WithCancel(context.Background())
+	stop()
+	r.Run(stopped)
+	err := r.Add(context.Background(), rcptDelivered("twilio", "SM1"))
+	if !errors.Is(err, ErrReceiptsStopped) || errs.KindOf(err) != errs.KindUnavailable {
+		t.Errorf("Add after Run = %v, want ErrReceiptsStopped (unavailable)", err)
+	}
+	if err := r.Add(context.Background(), provider.Receipt{Provider: "twilio", MessageID: "SM1", ProviderStatus: "sent"}); err != nil {
+		t.Errorf("intermediate Add after Run = %v, want nil", err)
+	}
 }

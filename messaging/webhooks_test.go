@@ -90,7 +90,7 @@ func (w *webhookEnv) postTwilio(t *testing.T, target string, form url.Values) *h
 	return w.post(t, target, form, map[string]string{"X-Twilio-Signature": sig})
 }
 
-func wantStatus(t *testing.T, rec *httptest.ResponseRecorder, status int) {
+func wantHTTPStatus(t *testing.T, rec *httptest.ResponseRecorder, status int) {
 	t.Helper()
 	if rec.Code != status {
 		t.Fatalf("status %d, want %d; body %s", rec.Code, status, rec.Body)
@@ -101,7 +101,7 @@ func wantStatus(t *testing.T, rec *httptest.ResponseRecorder, status int) {
 // code.
 func wantEnvelope(t *testing.T, rec *httptest.ResponseRecorder, status int, code string) {
 	t.Helper()
-	wantStatus(t, rec, status)
+	wantHTTPStatus(t, rec, status)
 	var env httpx.Envelope
 	if err := json.Unmarshal(rec.Body.Bytes(), &env); err != nil {
 		t.Fatalf("body %q is not the error envelope: %v", rec.Body, err)
@@ -129,16 +129,16 @@ func TestWebhookTwilioStatus(t *testing.T) {
 		t.Fatalf("rejected callbacks moved the message to %s", got)
 	}
 
-	wantStatus(t, w.postTwilio(t, target, form), http.StatusNoContent)
+	wantHTTPStatus(t, w.postTwilio(t, target, form), http.StatusNoContent)
 	if got := w.state(t, id); got.Status != "delivered" || got.DeliveredAt == nil {
 		t.Errorf("status %s, delivered_at %v; want delivered", got.Status, got.DeliveredAt)
 	}
-	wantStatus(t, w.postTwilio(t, target, form), http.StatusNoContent) // a retry
+	wantHTTPStatus(t, w.postTwilio(t, target, form), http.StatusNoContent) // a retry
 
 	// Intermediate: 2xx, nothing stored.
-	wantStatus(t, w.postTwilio(t, target, url.Values{"MessageSid": {"SM2"}, "MessageStatus": {"sent"}}), http.StatusNoContent)
+	wantHTTPStatus(t, w.postTwilio(t, target, url.Values{"MessageSid": {"SM2"}, "MessageStatus": {"sent"}}), http.StatusNoContent)
 	// Unknown id: 2xx, stored, never applied.
-	wantStatus(t, w.postTwilio(t, target, url.Values{"MessageSid": {"SM404"}, "MessageStatus": {"undelivered"}, "ErrorCode": {"30003"}}), http.StatusNoContent)
+	wantHTTPStatus(t, w.postTwilio(t, target, url.Values{"MessageSid": {"SM404"}, "MessageStatus": {"undelivered"}, "ErrorCode": {"30003"}}), http.StatusNoContent)
 	if got := w.receipts(t, "twilio", "SM2"); len(got) != 0 {
 		t.Errorf("intermediate status stored: %+v", got)
 	}
@@ -175,7 +175,7 @@ func TestWebhookATDelivery(t *testing.T) {
 		t.Fatalf("rejected callbacks moved the message to %s", got)
 	}
 
-	wantStatus(t, w.post(t, "/webhooks/africastalking/delivery?key="+testATSecret, form, nil), http.StatusOK)
+	wantHTTPStatus(t, w.post(t, "/webhooks/africastalking/delivery?key="+testATSecret, form, nil), http.StatusOK)
 	if got := w.state(t, id); got.Status != "undelivered" || got.LastError == nil || *got.LastError != "DeliveryFailure" {
 		t.Errorf("status %s, last_error %s; want undelivered, DeliveryFailure", got.Status, deref(got.LastError))
 	}
@@ -234,7 +234,7 @@ func TestWebhookInboundStopAndStart(t *testing.T) {
 		f := w.inboundFixture(t, "+14155550101", "+14155550201")
 		rec := w.postTwilio(t, "/webhooks/twilio/inbound", url.Values{"From": {"whatsapp:" + f.phone}, "To": {"whatsapp:+14155550000"},
 			"Body": {" Stop\n"}, "MessageSid": {"SMin1"}})
-		wantStatus(t, rec, http.StatusOK)
+		wantHTTPStatus(t, rec, http.StatusOK)
 		if ct := rec.Header().Get(echo.HeaderContentType); !strings.HasPrefix(ct, "text/xml") || !strings.Contains(rec.Body.String(), "<Response/>") {
 			t.Errorf("reply %q (%s), want empty TwiML", rec.Body, ct)
 		}
@@ -248,12 +248,12 @@ func TestWebhookInboundStopAndStart(t *testing.T) {
 			t.Errorf("last_error %s", deref(got))
 		}
 
-		wantStatus(t, w.postTwilio(t, "/webhooks/twilio/inbound", url.Values{"From": {"whatsapp:" + f.phone}, "Body": {"START"}}), http.StatusOK)
+		wantHTTPStatus(t, w.postTwilio(t, "/webhooks/twilio/inbound", url.Values{"From": {"whatsapp:" + f.phone}, "Body": {"START"}}), http.StatusOK)
 		if got := w.optOuts(t, f.customer); len(got) != 0 {
 			t.Errorf("opt-outs after START = %v, want none", got)
 		}
 		// A message that is no keyword changes nothing.
-		wantStatus(t, w.postTwilio(t, "/webhooks/twilio/inbound", url.Values{"From": {f.phone}, "Body": {"STOP PLEASE"}}), http.StatusOK)
+		wantHTTPStatus(t, w.postTwilio(t, "/webhooks/twilio/inbound", url.Values{"From": {f.phone}, "Body": {"STOP PLEASE"}}), http.StatusOK)
 		if got := w.optOuts(t, f.customer); len(got) != 0 {
 			t.Errorf("opt-outs after a non-keyword = %v, want none", got)
 		}
@@ -262,22 +262,22 @@ func TestWebhookInboundStopAndStart(t *testing.T) {
 	t.Run("africastalking sms", func(t *testing.T) {
 		f := w.inboundFixture(t, "+254700000001", "+254700000201")
 		target := "/webhooks/africastalking/inbound?key=" + testATSecret
-		wantStatus(t, w.post(t, target, url.Values{"from": {"254700000001"}, "to": {"12345"}, "text": {"stop"}, "id": {"x"}}, nil), http.StatusOK)
+		wantHTTPStatus(t, w.post(t, target, url.Values{"from": {"254700000001"}, "to": {"12345"}, "text": {"stop"}, "id": {"x"}}, nil), http.StatusOK)
 		if diff := cmp.Diff([]string{"sms"}, w.optOuts(t, f.customer)); diff != "" {
 			t.Errorf("opt-outs (-want +got):\n%s", diff)
 		}
 		if diff := cmp.Diff([]string{"cancelled", "pending", "pending"}, w.statuses(t, f.sms, f.whatsapp, f.other)); diff != "" {
 			t.Errorf("statuses of sms, whatsapp, other (-want +got):\n%s", diff)
 		}
-		wantStatus(t, w.post(t, target, url.Values{"from": {"+254700000001"}, "text": {"UNSTOP"}}, nil), http.StatusOK)
+		wantHTTPStatus(t, w.post(t, target, url.Values{"from": {"+254700000001"}, "text": {"UNSTOP"}}, nil), http.StatusOK)
 		if got := w.optOuts(t, f.customer); len(got) != 0 {
 			t.Errorf("opt-outs after UNSTOP = %v, want none", got)
 		}
 	})
 
 	t.Run("unknown phone", func(t *testing.T) {
-		wantStatus(t, w.postTwilio(t, "/webhooks/twilio/inbound", url.Values{"From": {"+14155557777"}, "Body": {"STOP"}}), http.StatusOK)
-		wantStatus(t, w.post(t, "/webhooks/africastalking/inbound?key="+testATSecret, url.Values{"from": {"+14155557777"}, "text": {"STOP"}}, nil),
+		wantHTTPStatus(t, w.postTwilio(t, "/webhooks/twilio/inbound", url.Values{"From": {"+14155557777"}, "Body": {"STOP"}}), http.StatusOK)
+		wantHTTPStatus(t, w.post(t, "/webhooks/africastalking/inbound?key="+testATSecret, url.Values{"from": {"+14155557777"}, "text": {"STOP"}}, nil),
 			http.StatusOK)
 		wantEnvelope(t, w.postTwilio(t, "/webhooks/twilio/inbound", url.Values{"Body": {"STOP"}}), http.StatusBadRequest, "VALIDATION_ERROR")
 	})
@@ -294,7 +294,7 @@ func TestWebhookReceiptOptOutHook(t *testing.T) {
 
 	f := w.inboundFixture(t, "+14155550101", "+14155550201")
 	sent := w.message(t, w.campaign(t, channel.SMS), f.customer, "sent", "twilio", "SM1")
-	wantStatus(t, w.postTwilio(t, "/webhooks/twilio/status", url.Values{"MessageSid": {"SM1"}, "MessageStatus": {"undelivered"}, "ErrorCode": {"21610"}}),
+	wantHTTPStatus(t, w.postTwilio(t, "/webhooks/twilio/status", url.Values{"MessageSid": {"SM1"}, "MessageStatus": {"undelivered"}, "ErrorCode": {"21610"}}),
 		http.StatusNoContent)
 	if diff := cmp.Diff([]string{"sms"}, w.optOuts(t, f.customer)); diff != "" {
 		t.Errorf("opt-outs (-want +got):\n%s", diff)
