@@ -401,7 +401,7 @@ type msgCounts struct {
 	Messages int `db:"messages"`
 	Pending  int `db:"pending"`
 	Sending  int `db:"sending"`
-	Sent     int `db:"sent"`
+	Sent     int `db:"sent"` // accepted by the provider: sent, delivered or undelivered
 	Failed   int `db:"failed"`
 }
 
@@ -422,7 +422,7 @@ func (e *crashEnv) counts() msgCounts {
 SELECT count(*) AS messages,
        count(*) FILTER (WHERE status = 'pending') AS pending,
        count(*) FILTER (WHERE status = 'sending') AS sending,
-       count(*) FILTER (WHERE status = 'sent')    AS sent,
+       count(*) FILTER (WHERE status IN ('sent', 'delivered', 'undelivered')) AS sent,
        count(*) FILTER (WHERE status = 'failed')  AS failed
 FROM outbound_messages WHERE campaign_id = $1`, e.campaignID)
 	if err != nil {
