@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -170,7 +171,11 @@ func startProviderRig(t testing.TB, opts sim.Options, configure func(*Config)) *
 		opts.Log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
 	s := sim.New(opts)
-	srv := httptest.NewServer(s.Handler())
+	var h http.Handler = s.Handler()
+	if e2eWrap != nil {
+		h = e2eWrap(h)
+	}
+	srv := httptest.NewServer(h)
 	// Registered before the app's cleanup, so it runs after it: the app
 	// drains its in-flight sends against a simulator still answering.
 	t.Cleanup(func() {
@@ -551,4 +556,42 @@ func deref(s *string) string {
 		return "<nil>"
 	}
 	return *s
+}
+
+var e2eWrap func(http.Handler) http.Handler
+
+type recW struct {
+	http.ResponseWriter
+	code int
+}
+
+func (r *recW) WriteHeader(c int) { r.code = c; r.ResponseWriter.WriteHeader(c) }
+
+func TestXThrottleProbe(t *testing.T) {
+	var mu sync.Mutex
+	type ev struct {
+		at, end time.Duration
+		code    int
+	}
+	var evs []ev
+	t0 := time.Now()
+	e2eWrap = func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			st := time.Since(t0)
+			rw := &recW{ResponseWriter: w, code: 200}
+			h.ServeHTTP(rw, r)
+			mu.Lock()
+			evs = append(evs, ev{st, time.Since(t0), rw.code})
+			mu.Unlock()
+		})
+	}
+	TestProviderE2EThrottleStorm(t)
+	mu.Lock()
+	defer mu.Unlock()
+	slices.SortFunc(evs, func(a, b ev) int { return int(a.at - b.at) })
+	var b strings.Builder
+	for _, e := range evs {
+		fmt.Fprintf(&b, "%d:%d ", e.at.Milliseconds(), e.code)
+	}
+	t.Log(b.String())
 }

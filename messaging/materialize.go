@@ -66,7 +66,7 @@ WITH chunk AS (
 ), ins AS (
     INSERT INTO outbound_messages (campaign_id, customer_id)
     SELECT $1, id FROM chunk WHERE NOT opted_out ORDER BY id
-    ON CONFLICT (campaign_id, customer_id) DO NOTHING
+    ON CONFLICT (campaign_id, customer_id) WHERE NOT test DO NOTHING
     RETURNING id
 )
 SELECT (SELECT coalesce(max(id), 0) FROM chunk) AS last_customer,
