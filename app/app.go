@@ -12,11 +12,14 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jmoiron/sqlx"
+	"github.com/nyaruka/phonenumbers"
 	"github.com/pressly/goose/v3"
 	"github.com/redis/go-redis/v9"
 
@@ -25,10 +28,12 @@ import (
 	"github.com/campaignd/dispatch/db/migrations"
 	"github.com/campaignd/dispatch/db/seed"
 	"github.com/campaignd/dispatch/messaging"
+	"github.com/campaignd/dispatch/messaging/provider"
 	"github.com/campaignd/dispatch/messaging/queue"
 	"github.com/campaignd/dispatch/messaging/throttle"
 	"github.com/campaignd/dispatch/platform/auth"
 	"github.com/campaignd/dispatch/platform/channel"
+	"github.com/campaignd/dispatch/platform/errs"
 	"github.com/campaignd/dispatch/platform/metrics"
 	"github.com/campaignd/dispatch/platform/postgres"
 	"github.com/campaignd/dispatch/platform/redisx"
@@ -69,6 +74,9 @@ type App struct {
 	receipts  *messaging.Receipts // delivery receipts, applied in batches
 	webhooks  *messaging.Webhooks // the providers' callbacks
 	metrics   *metrics.Registry
+
+	// testSends delivers test sends; Run fails those a crash cut off.
+	testSends *messaging.TestSender
 }
 
 // New connects to PostgreSQL and Redis (waiting up to startup_timeout for
@@ -189,6 +197,9 @@ func (a *App) wire() error {
 		StaleAfter:      cfg.Sweeper.StaleAfter,
 		FeedFloor:       2*cfg.WorkerConcurrency + cfg.Worker.BatchSize,
 	}, a.log.With("component", "sweeper"))
+	// Erasing a customer anonymises their messages first (messaging), then
+	// deletes the row (customer).
+	a.customers.WithEraser(msgRepo, a.log.With("component", "customer"))
 	a.providerGate = a.gate(a.rdb)
 	a.probeGate = a.gate(a.probeRdb)
 	a.metrics = a.newMetrics()
@@ -208,11 +219,12 @@ func (a *App) wire() error {
 	a.campaigns = campaign.NewService(campaign.NewRepo(a.db), messaging.Templates{Limits: limits}, contactFinder{a.customers}, nil).
 		WithDispatch(dispatcher{a.messaging}, a.log.With("component", "campaign"))
 
+	// The providers: the pool's, and test sends' (on API-only replicas too).
+	sender, err := a.senders()
+	if err != nil {
+		return err
+	}
 	if cfg.WorkerConcurrency > 0 {
-		sender, err := a.senders()
-		if err != nil {
-			return err
-		}
 		host, _ := os.Hostname()
 		a.pool = messaging.NewPool(messaging.PoolOptions{
 			Consumer:          queue.NewConsumerID(host),
@@ -244,7 +256,7 @@ func (a *App) wire() error {
 			Max:         cfg.RetryBackoffMax,
 		}, a.log.With("component", "worker"))
 	}
-	return nil
+	return a.wireEstimatesAndTestSends(limits, sender, msgRepo)
 }
 
 // Addr is the address the HTTP server listens on (useful with port 0).
@@ -282,6 +294,7 @@ func (a *App) Run(ctx context.Context) error {
 	loops.Go(func() { a.messaging.RunFeeder(loopCtx) })                                 // returns when loopCtx ends
 	loops.Go(func() { a.messaging.RunMaterializer(loopCtx, a.cfg.Sweeper.Interval) })   // returns when loopCtx ends
 	loops.Go(func() { a.campaigns.RunFinisher(loopCtx, a.cfg.Sweeper.FinishInterval) }) // returns when loopCtx ends
+	loops.Go(func() { a.testSends.Run(loopCtx, a.cfg.Sweeper.Interval) })               // returns when loopCtx ends and test deliveries are recorded
 	loops.Go(func() {                                                                   // returns when loopCtx ends
 		a.campaigns.RunScheduler(loopCtx, a.cfg.Schedule.Interval, a.cfg.Schedule.MaxLateness)
 	})
@@ -343,5 +356,65 @@ func (a *App) Close() {
 		if err := a.db.Close(); err != nil {
 			a.log.Warn("close postgres", "err", err)
 		}
+	}
+}
+
+// wireEstimatesAndTestSends enables the estimate (priced by pricing.*) and
+// test sends, which go through sender, the pool's providers, with the
+// pool's deadline, lease, limits and provider gate.
+func (a *App) wireEstimatesAndTestSends(limits messaging.Limits, sender provider.Sender, repo *messaging.Repo) error {
+	pricing, err := a.cfg.PricingTable()
+	if err != nil {
+		return err
+	}
+	a.testSends = messaging.NewTestSender(repo, sender, messaging.TestSendOptions{
+		Timeout: a.cfg.Worker.SendTimeout, Lease: a.cfg.Worker.Lease, Provider: a.cfg.Providers.SMS,
+		Limits: limits, Gate: a.providerGate,
+	}, a.log.With("component", "test-send"))
+	a.campaigns.WithEstimates(estimator{messaging.NewEstimator(a.db, limits, pricing)}).
+		WithTestSend(testSender{a.testSends}, e164(a.cfg.Customers.DefaultRegion))
+	return nil
+}
+
+// estimator adapts messaging's Estimator to campaign.Estimator.
+type estimator struct{ e *messaging.Estimator }
+
+func (e estimator) Estimate(ctx context.Context, ch channel.Channel, tmpl string, a campaign.Audience) (campaign.Estimate, error) {
+	est, err := e.e.Estimate(ctx, ch, tmpl, messaging.Audience(a))
+	return campaign.Estimate(est), err
+}
+
+// testSender adapts messaging's TestSender to campaign.TestSender.
+type testSender struct{ t *messaging.TestSender }
+
+func (t testSender) TestSend(ctx context.Context, m campaign.TestSend) (any, error) {
+	msg, err := t.t.Send(ctx, messaging.TestSend(m))
+	if err != nil {
+		return nil, err
+	}
+	return msg, nil
+}
+
+// e164 reads a test send's phone as the customer feature reads customers'
+// phones (customer.normalizePhone, which is not exported): E.164, a number
+// without +country code read as one of region, valid for its country, no
+// extension. Replace it with the customer feature's own once exported.
+func e164(region string) func(string) (string, error) {
+	return func(raw string) (string, error) {
+		raw = strings.TrimSpace(raw)
+		if utf8.RuneCountInString(raw) > 64 {
+			return "", errors.New("phone is too long (at most 64 characters)")
+		}
+		n, err := phonenumbers.Parse(raw, region)
+		if err != nil || !phonenumbers.IsValidNumber(n) {
+			if !strings.HasPrefix(raw, "+") {
+				return "", fmt.Errorf("phone %s is not a valid phone number (numbers without a +country code are read as %s numbers)", errs.Quote(raw), region)
+			}
+			return "", fmt.Errorf("phone %s is not a valid phone number", errs.Quote(raw))
+		}
+		if n.GetExtension() != "" {
+			return "", fmt.Errorf("phone %s has an extension; give the number alone", errs.Quote(raw))
+		}
+		return phonenumbers.Format(n, phonenumbers.E164), nil
 	}
 }

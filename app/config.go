@@ -17,6 +17,7 @@ import (
 
 	"github.com/campaignd/dispatch/configs"
 	"github.com/campaignd/dispatch/customer"
+	"github.com/campaignd/dispatch/messaging"
 	"github.com/campaignd/dispatch/platform/auth"
 )
 
@@ -136,6 +137,12 @@ type Config struct {
 		Window    int     `mapstructure:"window"`
 		Threshold float64 `mapstructure:"threshold"`
 	} `mapstructure:"error_brake"`
+	// Pricing prices estimates: decimals as text, parsed by PricingTable.
+	Pricing struct {
+		Currency          string            `mapstructure:"currency"`
+		DefaultPerSegment string            `mapstructure:"default_per_segment"`
+		PerCallingCode    map[string]string `mapstructure:"per_calling_code"`
+	} `mapstructure:"pricing"`
 	Log struct {
 		Level  string `mapstructure:"level"`
 		Format string `mapstructure:"format"`
@@ -362,6 +369,9 @@ func (c Config) Validate() error {
 	if c.Sender.Ledger != "postgres" && c.Sender.Ledger != "memory" {
 		bad("sender.ledger (SENDER_LEDGER) must be postgres or memory, got %q", c.Sender.Ledger)
 	}
+	if _, err := c.PricingTable(); err != nil {
+		bad("pricing (PRICING_CURRENCY, PRICING_DEFAULT_PER_SEGMENT, PRICING_PER_CALLING_CODE_<code>): %v", err)
+	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -377,6 +387,11 @@ func (c Config) Validate() error {
 		return errors.New("invalid configuration: " + strings.Join(problems, "; "))
 	}
 	return nil
+}
+
+// PricingTable is pricing.* parsed: prices in micro-units (messaging.NewPricing).
+func (c Config) PricingTable() (messaging.Pricing, error) {
+	return messaging.NewPricing(c.Pricing.Currency, c.Pricing.DefaultPerSegment, c.Pricing.PerCallingCode)
 }
 
 // DatabaseURL is database.url, or a URL built from db.*.

@@ -533,9 +533,8 @@ func TestProviderE2EErrorRateBrake(t *testing.T) {
 		t.Fatalf("resume = %+v, want sending", res)
 	}
 	// Resumed, the campaign is attempted again, and with every attempt
-	// still failing the brake trips again. (How many attempts that takes is
-	// not asserted: failures of attempts in flight when the brake first
-	// tripped land in the next window, so it is not exactly a fresh one.)
+	// still failing the brake trips again, after a fresh window: failures
+	// of attempts in flight when it first tripped do not count towards it.
 	c = waitProvCampaign(t, rig.testApp, id, "paused again", 20*time.Second, func(c provCampaign) bool {
 		if c.final() {
 			t.Fatalf("resumed campaign ended %s %+v without being paused again", c.Status, c.Stats)
@@ -543,6 +542,9 @@ func TestProviderE2EErrorRateBrake(t *testing.T) {
 		return c.Status == "paused" && c.Stats.Failed > first.Failed && c.Stats.Sending == 0
 	})
 	t.Logf("paused again after %d more failed attempts: %q", c.Stats.Failed-first.Failed, deref(c.StatusReason))
+	if more := c.Stats.Failed - first.Failed; more < 50 {
+		t.Errorf("paused again after %d more failed attempts, want a fresh window of at least 50", more)
+	}
 	if c.StatusReason == nil || !strings.Contains(*c.StatusReason, "403") {
 		t.Errorf("second pause: status_reason %q, want the provider's error code (403)", deref(c.StatusReason))
 	}

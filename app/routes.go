@@ -90,6 +90,7 @@ func (a *App) routes() (*echo.Echo, error) {
 		ImportConcurrency: a.cfg.API.ImportConcurrency,
 	}).Register(e)
 	campaign.NewHandler(a.campaigns).Register(e)
+	messaging.NewHandler(a.messaging.Repo()).WithLogger(a.log.With("component", "messages")).Register(e)
 	a.webhooks.Register(e)
 	return e, nil
 }

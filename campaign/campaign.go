@@ -17,7 +17,9 @@ import (
 	"github.com/campaignd/dispatch/messaging/template"
 	"github.com/campaignd/dispatch/platform/channel"
 	"github.com/campaignd/dispatch/platform/errs"
+	"github.com/campaignd/dispatch/platform/sms"
 	"github.com/campaignd/dispatch/platform/text"
+	"github.com/campaignd/dispatch/platform/window"
 )
 
 // Limits on user input. The database mirrors them with CHECK constraints; the
@@ -74,9 +76,18 @@ type Campaign struct {
 	Audience *Audience `json:"audience" db:"audience"`
 	// StatusReason says why a campaign ended as it did when that is not
 	// obvious, e.g. it came due too late to be sent; null otherwise.
-	StatusReason *string   `json:"status_reason" db:"status_reason"`
-	CreatedAt    time.Time `json:"created_at" db:"created_at"`
-	UpdatedAt    time.Time `json:"updated_at" db:"updated_at"`
+	StatusReason *string `json:"status_reason" db:"status_reason"`
+	// SendWindow limits delivery to hours of the day in a time zone; null
+	// means any time. Messages that come due outside it wait, without using
+	// an attempt, until it opens.
+	SendWindow *window.Window `json:"send_window" db:"send_window"`
+	// StartedAt is when the campaign first went sending; FinishedAt when it
+	// became sent, failed or cancelled (null again while a retry-failed
+	// sends once more).
+	StartedAt  *time.Time `json:"started_at" db:"started_at"`
+	FinishedAt *time.Time `json:"finished_at" db:"finished_at"`
+	CreatedAt  time.Time  `json:"created_at" db:"created_at"`
+	UpdatedAt  time.Time  `json:"updated_at" db:"updated_at"`
 }
 
 // Summary is a campaign as a list shows it: without the template, which may be
@@ -88,6 +99,9 @@ type Summary struct {
 	Status      Status          `json:"status" db:"status"`
 	ScheduledAt *time.Time      `json:"scheduled_at" db:"scheduled_at"`
 	CreatedAt   time.Time       `json:"created_at" db:"created_at"`
+	// Stats are the campaign's message counts, as in its detail; one
+	// grouped query reads them for the whole page (Repo.List).
+	Stats Stats `json:"stats" db:"-"`
 }
 
 // Stats counts a campaign's outbound messages by status. Every field is always
@@ -110,6 +124,22 @@ type Stats struct {
 type Detail struct {
 	Campaign
 	Stats Stats `json:"stats"`
+	// NextWindowOpensAt is when the send window opens next, while it is
+	// closed and the campaign may still send (draft, scheduled, sending,
+	// paused); null when it is open, when there is no window, and once the
+	// campaign has ended.
+	NextWindowOpensAt *time.Time `json:"next_window_opens_at"`
+	Progress          Progress   `json:"progress"`
+}
+
+// Progress answers "when will it finish?". RatePerSecond is how many of the
+// campaign's messages became final per second over the last minute (see
+// Repo.Rate); ETA is now + (pending + sending) / rate while the campaign is
+// sending and the rate is positive, null otherwise (paused, ended, nothing
+// finished lately, or waiting for its send window).
+type Progress struct {
+	RatePerSecond float64    `json:"rate_per_second"`
+	ETA           *time.Time `json:"eta"`
 }
 
 // Filter narrows a list. A zero field does not filter.
@@ -178,6 +208,8 @@ type CreateInput struct {
 	// one): customer_ids, or audience, not both.
 	CustomerIDs []int64   `json:"customer_ids"`
 	Audience    *Audience `json:"audience"`
+	// SendWindow is optional; null or absent means any time.
+	SendWindow *window.Window `json:"send_window"`
 }
 
 // PreviewInput is the body of POST /campaigns/{id}/personalized-preview.
@@ -199,6 +231,9 @@ type Preview struct {
 	UsedTemplate    string   `json:"used_template"`
 	Customer        Contact  `json:"customer"`
 	Warnings        []string `json:"warnings"`
+	// SMS is the rendered message's length as SMS (encoding, characters,
+	// segments, the characters that forced UCS-2); absent for WhatsApp.
+	SMS *sms.Info `json:"sms,omitempty"`
 }
 
 // validateCreate checks in and returns the campaign to store, with the status
@@ -224,7 +259,13 @@ func validateCreate(in CreateInput, now time.Time, check func(string) error) (Ca
 	if err != nil {
 		return Campaign{}, err
 	}
-	return Campaign{Name: name, Channel: ch, Status: status, BaseTemplate: in.BaseTemplate, ScheduledAt: at, Audience: audience}, nil
+	if in.SendWindow != nil {
+		if err := in.SendWindow.Validate("send_window"); err != nil {
+			return Campaign{}, err
+		}
+	}
+	return Campaign{Name: name, Channel: ch, Status: status, BaseTemplate: in.BaseTemplate, ScheduledAt: at,
+		Audience: audience, SendWindow: in.SendWindow}, nil
 }
 
 // optionalAudience validates the audience a campaign may be created or

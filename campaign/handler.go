@@ -38,6 +38,12 @@ func (h *Handler) Register(e *echo.Echo) {
 		e.POST("/campaigns/:id/cancel", h.action(h.svc.Cancel))
 		e.POST("/campaigns/:id/retry-failed", h.action(h.svc.RetryFailed))
 	}
+	if h.svc.estimator != nil {
+		e.POST("/campaigns/:id/estimate", h.estimate)
+	}
+	if h.svc.testSends.sender != nil {
+		e.POST("/campaigns/:id/test-send", h.testSend)
+	}
 }
 
 // update serves PATCH /campaigns/{id}: 200 with the edited campaign.

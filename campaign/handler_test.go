@@ -59,7 +59,8 @@ func TestCreate(t *testing.T) {
 		// The wire shape: exactly the contract's keys, scheduled_at null,
 		// times written in UTC.
 		raw := decodeJSON[map[string]any](t, te.do(http.MethodGet, fmt.Sprintf("/campaigns/%d", got.ID), ""), http.StatusOK)
-		wantKeys := []string{"audience", "base_template", "channel", "created_at", "id", "name", "scheduled_at", "stats", "status", "status_reason", "updated_at"}
+		wantKeys := []string{"audience", "base_template", "channel", "created_at", "finished_at", "id", "name", "next_window_opens_at",
+			"progress", "scheduled_at", "send_window", "started_at", "stats", "status", "status_reason", "updated_at"}
 		if diff := cmp.Diff(wantKeys, keys(raw)); diff != "" {
 			t.Errorf("keys (-want +got):\n%s", diff)
 		}
@@ -389,7 +390,7 @@ func TestListPagination(t *testing.T) {
 			t.Errorf("data (-want +got):\n%s", diff)
 		}
 		raw := decodeJSON[struct{ Data []map[string]any }](t, rec, http.StatusOK)
-		wantKeys := []string{"channel", "created_at", "id", "name", "scheduled_at", "status"}
+		wantKeys := []string{"channel", "created_at", "id", "name", "scheduled_at", "stats", "status"}
 		if diff := cmp.Diff(wantKeys, keys(raw.Data[0])); diff != "" {
 			t.Errorf("item keys (-want +got):\n%s", diff)
 		}

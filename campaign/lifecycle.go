@@ -13,6 +13,7 @@ import (
 	"github.com/campaignd/dispatch/platform/errs"
 	"github.com/campaignd/dispatch/platform/httpx"
 	"github.com/campaignd/dispatch/platform/postgres"
+	"github.com/campaignd/dispatch/platform/window"
 )
 
 // ActionResult is the body of pause, resume, cancel and retry-failed.
@@ -178,7 +179,7 @@ func (s *Service) RetryFailed(ctx context.Context, id int64) (ActionResult, erro
 }
 
 // UpdateInput is the body of PATCH /campaigns/{id}. Each key is optional;
-// scheduled_at and audience may be null to clear them.
+// scheduled_at, audience and send_window may be null to clear them.
 type UpdateInput map[string]json.RawMessage
 
 // Update edits a draft or scheduled campaign: name, base_template,
@@ -188,7 +189,7 @@ type UpdateInput map[string]json.RawMessage
 // and nothing changes.
 func (s *Service) Update(ctx context.Context, id int64, in UpdateInput) (Campaign, error) {
 	if len(in) == 0 {
-		return Campaign{}, errs.Validation("body", "nothing to change: give name, base_template, scheduled_at or audience")
+		return Campaign{}, errs.Validation("body", "nothing to change: give name, base_template, scheduled_at, audience or send_window")
 	}
 	var out Campaign
 	err := postgres.InTx(ctx, s.repo.db, func(tx *sqlx.Tx) error {
@@ -270,8 +271,19 @@ func applyUpdate(c *Campaign, in UpdateInput, now time.Time, check func(string) 
 				return err
 			}
 			c.Audience = a
+		case "send_window":
+			var w *window.Window
+			if err := httpx.DecodeJSON(raw, &w); err != nil {
+				return windowJSONError(err)
+			}
+			if w != nil {
+				if err := w.Validate("send_window"); err != nil {
+					return err
+				}
+			}
+			c.SendWindow = w
 		default:
-			return errs.InvalidJSON("unknown field %s; editable: name, base_template, scheduled_at, audience, customer_ids", errs.Quote(key)).
+			return errs.InvalidJSON("unknown field %s; editable: name, base_template, scheduled_at, audience, customer_ids, send_window", errs.Quote(key)).
 				WithDetail("field", errs.Clip(key))
 		}
 	}
@@ -301,9 +313,9 @@ func (r *Repo) update(ctx context.Context, tx *sqlx.Tx, c Campaign) (Campaign, e
 	var out Campaign
 	err := tx.GetContext(ctx, &out, `
 UPDATE campaigns
-SET name = $2, base_template = $3, scheduled_at = $4, status = $5, audience = $6, updated_at = now()
+SET name = $2, base_template = $3, scheduled_at = $4, status = $5, audience = $6, send_window = $7, updated_at = now()
 WHERE id = $1
-RETURNING `+campaignColumns, c.ID, c.Name, c.BaseTemplate, c.ScheduledAt, c.Status, c.Audience)
+RETURNING `+campaignColumns, c.ID, c.Name, c.BaseTemplate, c.ScheduledAt, c.Status, c.Audience, c.SendWindow)
 	if err != nil {
 		return out, postgres.Classify(err, fmt.Sprintf("update campaign %d", c.ID))
 	}

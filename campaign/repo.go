@@ -27,15 +27,15 @@ func NewRepo(db *sqlx.DB) *Repo {
 }
 
 const insertSQL = `
-INSERT INTO campaigns (name, channel, status, base_template, scheduled_at, audience)
-VALUES ($1, $2, $3, $4, $5, $6)
+INSERT INTO campaigns (name, channel, status, base_template, scheduled_at, audience, send_window)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
 RETURNING ` + campaignColumns
 
 // Create inserts c (already validated; ID and timestamps are ignored) and
 // returns it as stored, with its id and timestamps.
 func (r *Repo) Create(ctx context.Context, c Campaign) (Campaign, error) {
 	var out Campaign
-	err := r.db.GetContext(ctx, &out, insertSQL, c.Name, c.Channel, c.Status, c.BaseTemplate, c.ScheduledAt, c.Audience)
+	err := r.db.GetContext(ctx, &out, insertSQL, c.Name, c.Channel, c.Status, c.BaseTemplate, c.ScheduledAt, c.Audience, c.SendWindow)
 	if err != nil {
 		return Campaign{}, postgres.Classify(err, "insert campaign")
 	}
@@ -43,7 +43,8 @@ func (r *Repo) Create(ctx context.Context, c Campaign) (Campaign, error) {
 }
 
 // campaignColumns is every column a Campaign scans.
-const campaignColumns = `id, name, channel, status, base_template, scheduled_at, audience, status_reason, created_at, updated_at`
+const campaignColumns = `id, name, channel, status, base_template, scheduled_at, audience, status_reason,
+    send_window, started_at, finished_at, created_at, updated_at`
 
 const getSQL = `SELECT ` + campaignColumns + ` FROM campaigns WHERE id = $1`
 
@@ -109,8 +110,18 @@ func (r *Repo) List(ctx context.Context, q ListQuery) (items []Summary, total in
 	if err := tx.SelectContext(ctx, &items, listSQL, ch, st, q.AfterID, q.Limit, q.Offset); err != nil {
 		return nil, 0, postgres.Classify(err, "list campaigns")
 	}
+	ids := make([]int64, len(items))
 	for i := range items {
 		items[i] = items[i].utc()
+		ids[i] = items[i].ID
+	}
+	// The page's stats in one grouped query, in the same snapshot.
+	stats, err := statsOf(ctx, tx, ids)
+	if err != nil {
+		return nil, 0, err
+	}
+	for i := range items {
+		items[i].Stats = stats[items[i].ID]
 	}
 	return items, total, nil
 }
@@ -122,10 +133,11 @@ func (r *Repo) List(ctx context.Context, q ListQuery) (items []Summary, total in
 // The second part adds the recipients of an audience send that was cancelled
 // before their messages were created (messaging's dispatch_batches, indexed
 // by campaign): the send counted them, so the stats count them, cancelled.
+// Test sends are not part of a campaign's stats.
 const statsSQL = `
 SELECT status, count(*)
 FROM outbound_messages
-WHERE campaign_id = $1
+WHERE campaign_id = $1 AND NOT test
 GROUP BY status
 UNION ALL
 SELECT 'cancelled', sum(cancelled_unmaterialised)::bigint
@@ -148,30 +160,12 @@ func (r *Repo) Stats(ctx context.Context, id int64) (Stats, error) {
 		if err := rows.Scan(&status, &n); err != nil {
 			return Stats{}, postgres.Classify(err, fmt.Sprintf("scan stats of campaign %d", id))
 		}
-		switch status {
-		case "pending":
-			s.Pending = n
-		case "sending":
-			s.Sending = n
-		case "sent":
-			s.Sent = n
-		case "delivered":
-			s.Delivered = n
-		case "undelivered":
-			s.Undelivered = n
-		case "failed":
-			s.Failed = n
-		case "cancelled":
-			s.Cancelled += n
-		}
+		s.add(status, n)
 	}
 	if err := rows.Err(); err != nil {
 		return Stats{}, postgres.Classify(err, fmt.Sprintf("stats of campaign %d", id))
 	}
-	// Total is the sum rather than a separate count so the contract "they sum
-	// to total" holds even if messaging ever adds a status this code does not
-	// know yet (the CHECK constraint rules that out today).
-	s.Total = s.Pending + s.Sending + s.Sent + s.Delivered + s.Undelivered + s.Failed + s.Cancelled
+	s.sum()
 	return s, nil
 }
 
@@ -181,6 +175,8 @@ func (c Campaign) utc() Campaign {
 	c.CreatedAt = c.CreatedAt.UTC()
 	c.UpdatedAt = c.UpdatedAt.UTC()
 	c.ScheduledAt = utcPtr(c.ScheduledAt)
+	c.StartedAt = utcPtr(c.StartedAt)
+	c.FinishedAt = utcPtr(c.FinishedAt)
 	return c
 }
 

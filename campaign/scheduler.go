@@ -98,7 +98,7 @@ func (e errFailCampaign) Error() string { return e.reason }
 // failScheduled marks a still-scheduled campaign failed with reason.
 func (r *Repo) failScheduled(ctx context.Context, id int64, reason string) error {
 	_, err := r.db.ExecContext(ctx, `
-UPDATE campaigns SET status = 'failed', status_reason = $2, updated_at = now()
+UPDATE campaigns SET status = 'failed', status_reason = $2, finished_at = now(), updated_at = now()
 WHERE id = $1 AND status = 'scheduled'`, id, reason)
 	return postgres.Classify(err, fmt.Sprintf("fail campaign %d", id))
 }

@@ -278,9 +278,19 @@ func storeIdempotentResponse(ctx context.Context, tx *sqlx.Tx, key string, statu
 	return postgres.Classify(err, "store idempotent response")
 }
 
-// setStatus sets a locked campaign's status (and reason) inside tx.
+// setStatus sets a locked campaign's status (and reason) inside tx. The
+// first move to sending stamps started_at; a move to sent, failed or
+// cancelled stamps finished_at, and a move back to sending (retry-failed)
+// clears it.
 func (r *Repo) setStatus(ctx context.Context, tx *sqlx.Tx, id int64, status Status, reason *string) error {
-	_, err := tx.ExecContext(ctx, `UPDATE campaigns SET status = $2, status_reason = $3, updated_at = now() WHERE id = $1`,
+	_, err := tx.ExecContext(ctx, `
+UPDATE campaigns
+SET status = $2::text, status_reason = $3, updated_at = now(),
+    started_at = CASE WHEN $2::text = 'sending' THEN coalesce(started_at, now()) ELSE started_at END,
+    finished_at = CASE WHEN $2::text IN ('sent', 'failed', 'cancelled') THEN now()
+                       WHEN $2::text = 'sending' THEN NULL
+                       ELSE finished_at END
+WHERE id = $1`,
 		id, status, reason)
 	return postgres.Classify(err, fmt.Sprintf("set campaign %d %s", id, status))
 }
@@ -290,17 +300,19 @@ func (r *Repo) setStatus(ctx context.Context, tx *sqlx.Tx, id int64, status Stat
 // The update is guarded by status = 'sending', so several replicas running
 // it at once finish each campaign exactly once. It reads outbound_messages
 // and dispatch_batches (the messaging feature's tables): a campaign whose
-// audience is still being materialised is not finished.
+// audience is still being materialised is not finished. Test sends are
+// not the campaign's messages: one in flight does not hold the campaign
+// open, nor does a sent one make it sent.
 func (r *Repo) Finish(ctx context.Context) ([]Finished, error) {
 	var out []Finished
 	err := r.db.SelectContext(ctx, &out, `
 UPDATE campaigns k
-SET status = CASE WHEN EXISTS (SELECT 1 FROM outbound_messages m WHERE m.campaign_id = k.id AND m.status IN ('sent', 'delivered', 'undelivered'))
+SET status = CASE WHEN EXISTS (SELECT 1 FROM outbound_messages m WHERE m.campaign_id = k.id AND m.status IN ('sent', 'delivered', 'undelivered') AND NOT m.test)
                   THEN 'sent' ELSE 'failed' END,
-    updated_at = now()
+    updated_at = now(), finished_at = now()
 WHERE k.status = 'sending'
   AND NOT EXISTS (SELECT 1 FROM outbound_messages m
-                  WHERE m.campaign_id = k.id AND m.status IN ('pending', 'sending'))
+                  WHERE m.campaign_id = k.id AND m.status IN ('pending', 'sending') AND NOT m.test)
   AND NOT EXISTS (SELECT 1 FROM dispatch_batches b
                   WHERE b.campaign_id = k.id AND b.filter IS NOT NULL)
 RETURNING k.id, k.status`)

@@ -6,7 +6,9 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/campaignd/dispatch/platform/channel"
 	"github.com/campaignd/dispatch/platform/page"
+	"github.com/campaignd/dispatch/platform/sms"
 )
 
 // Service is the campaign use cases: validation, storage and previews. Its
@@ -20,6 +22,8 @@ type Service struct {
 	now       func() time.Time
 
 	dispatcher Dispatcher   // set by WithDispatch; nil disables Send
+	estimator  Estimator    // set by WithEstimates; nil disables Estimate
+	testSends  testSends    // set by WithTestSend; nil sender disables TestSend
 	log        *slog.Logger // for events no request returns, such as a deferred queue push
 }
 
@@ -59,7 +63,8 @@ func (s *Service) checkAudience(ctx context.Context, a *Audience) error {
 	return s.dispatcher.CheckCustomers(ctx, a.CustomerIDs)
 }
 
-// Get returns campaign id with its message counts, or ErrNotFound.
+// Get returns campaign id with its message counts, when its send window
+// opens next (while closed) and its progress (rate and ETA), or ErrNotFound.
 func (s *Service) Get(ctx context.Context, id int64) (Detail, error) {
 	c, err := s.repo.Get(ctx, id)
 	if err != nil {
@@ -69,7 +74,16 @@ func (s *Service) Get(ctx context.Context, id int64) (Detail, error) {
 	if err != nil {
 		return Detail{}, err
 	}
-	return Detail{Campaign: c, Stats: st}, nil
+	now := s.now()
+	d := Detail{Campaign: c, Stats: st, NextWindowOpensAt: nextWindowOpens(c, now)}
+	var rate float64
+	if c.Status != StatusDraft && c.Status != StatusScheduled { // one not yet sent has no messages to measure
+		if rate, err = s.repo.Rate(ctx, id, c.StartedAt); err != nil {
+			return Detail{}, err
+		}
+	}
+	d.Progress = progress(c, st, rate, d.NextWindowOpensAt != nil, now)
+	return d, nil
 }
 
 // List returns one page of the campaigns matching f, newest first. req comes
@@ -117,5 +131,10 @@ func (s *Service) Preview(ctx context.Context, id int64, in PreviewInput) (Previ
 	if warnings == nil {
 		warnings = []string{}
 	}
-	return Preview{RenderedMessage: msg, UsedTemplate: tmpl, Customer: contact, Warnings: warnings}, nil
+	p := Preview{RenderedMessage: msg, UsedTemplate: tmpl, Customer: contact, Warnings: warnings}
+	if c.Channel == channel.SMS {
+		info := sms.Analyze(msg)
+		p.SMS = &info
+	}
+	return p, nil
 }

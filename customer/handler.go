@@ -67,6 +67,8 @@ func NewHandler(svc *Service, opts HandlerOptions) *Handler {
 //
 //	GET    /customers              list (page or cursor; filters location, preferred_product)
 //	GET    /customers/:id          one customer
+//	PATCH  /customers/:id          change any of the create fields → 200 with the customer
+//	DELETE /customers/:id          erase the customer (their messages are anonymised) → 204
 //	POST   /customers              create → 201
 //	POST   /customers/import       bulk create from a JSON array or CSV, all-or-nothing → 201
 //	POST   /customers/:id/opt-out  {"channel":"sms"}: opt out of a channel → 200 with the customer
@@ -74,6 +76,8 @@ func NewHandler(svc *Service, opts HandlerOptions) *Handler {
 func (h *Handler) Register(e *echo.Echo) {
 	e.GET("/customers", h.list)
 	e.GET("/customers/:id", h.get)
+	e.PATCH("/customers/:id", h.update)
+	e.DELETE("/customers/:id", h.erase)
 	e.POST("/customers", h.create)
 	e.POST("/customers/import", h.importCustomers)
 	e.POST("/customers/:id/opt-out", h.optOut)
@@ -123,6 +127,36 @@ func (h *Handler) create(c echo.Context) error {
 	}
 	c.Response().Header().Set(echo.HeaderLocation, "/customers/"+strconv.FormatInt(cust.ID, 10))
 	return c.JSON(http.StatusCreated, cust)
+}
+
+// update takes a JSON object with any of the create fields. No body at all
+// (or an empty object) is the service's "nothing to update".
+func (h *Handler) update(c echo.Context) error {
+	id, err := httpx.PathID(c, "id")
+	if err != nil {
+		return err
+	}
+	var in UpdateInput
+	if _, err := httpx.BindOptionalJSON(c, &in); err != nil {
+		return err
+	}
+	cust, err := h.svc.Update(c.Request().Context(), id, in)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, cust)
+}
+
+// erase takes no body; one is ignored, as the other DELETE routes do.
+func (h *Handler) erase(c echo.Context) error {
+	id, err := httpx.PathID(c, "id")
+	if err != nil {
+		return err
+	}
+	if err := h.svc.Erase(c.Request().Context(), id); err != nil {
+		return err
+	}
+	return c.NoContent(http.StatusNoContent)
 }
 
 func (h *Handler) importCustomers(c echo.Context) error {

@@ -136,7 +136,7 @@ func TestBadInputIsA4xxEnvelope(t *testing.T) {
 		{"get negative id", "GET", "/customers/-3", "", "", 400, "VALIDATION_ERROR", "id"},
 		{"get id overflowing int64", "GET", "/customers/99999999999999999999", "", "", 400, "VALIDATION_ERROR", "id"},
 		{"get unknown id", "GET", "/customers/999999", "", "", 404, "CUSTOMER_NOT_FOUND", ""},
-		{"wrong method", "DELETE", "/customers/1", "", "", 405, "METHOD_NOT_ALLOWED", ""},
+		{"wrong method", "PUT", "/customers/1", "", "", 405, "METHOD_NOT_ALLOWED", ""},
 
 		{"create malformed JSON", "POST", "/customers", js, `{"phone":`, 400, "INVALID_JSON", ""},
 		{"create syntax error", "POST", "/customers", js, `{"phone" "x"}`, 400, "INVALID_JSON", ""},

@@ -41,10 +41,21 @@ SELECT ` + columns + `,
            AS opted_out_channels
 FROM customers WHERE id = $1`
 
-// customerRow is a Customer as getSQL returns it, opt-outs included.
+// customerRow is a Customer as getSQL (or updateSQL) returns it, opt-outs
+// included.
 type customerRow struct {
 	Customer
 	OptedOut pq.StringArray `db:"opted_out_channels"`
+}
+
+// customer returns the row as a Customer in UTC with its opt-outs.
+func (row customerRow) customer() Customer {
+	c := row.Customer.utc()
+	c.OptedOutChannels = make([]channel.Channel, len(row.OptedOut))
+	for i, ch := range row.OptedOut {
+		c.OptedOutChannels[i] = channel.Channel(ch)
+	}
+	return c
 }
 
 // Get returns the customer with id, its opt-outs included, or ErrNotFound.
@@ -56,12 +67,7 @@ func (r *Repo) Get(ctx context.Context, id int64) (Customer, error) {
 		}
 		return Customer{}, postgres.Classify(err, "get customer "+strconv.FormatInt(id, 10))
 	}
-	c := row.Customer.utc()
-	c.OptedOutChannels = make([]channel.Channel, len(row.OptedOut))
-	for i, ch := range row.OptedOut {
-		c.OptedOutChannels[i] = channel.Channel(ch)
-	}
-	return c, nil
+	return row.customer(), nil
 }
 
 const createSQL = `

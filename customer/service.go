@@ -12,6 +12,7 @@ import (
 type Service struct {
 	repo   *Repo
 	region string
+	erase  erasure // what Erase needs; set by WithEraser (erase.go)
 }
 
 // NewService returns a Service storing through repo. defaultRegion (a

@@ -3,6 +3,7 @@ package messaging
 import (
 	"context"
 	"sync"
+	"time"
 )
 
 // campaignStatuses answers the check each delivery makes just before it
@@ -17,6 +18,13 @@ type campaignStatuses struct {
 
 	mu    sync.Mutex
 	reads map[int64]*campaignReads
+	// windows holds the send window of each sending campaign that has one,
+	// parsed once per read (see setWindow and windowClosed).
+	windows map[int64]windowEntry
+	// generations holds each sending campaign's updated_at as last read: it
+	// changes when the campaign is paused and resumed, which is how the
+	// error-rate brake knows a resumed campaign starts a fresh window.
+	generations map[int64]time.Time
 }
 
 // campaignReads is the in-flight read of one campaign and the one queued
@@ -31,7 +39,8 @@ type statusRead struct {
 }
 
 func newCampaignStatuses(repo *Repo) *campaignStatuses {
-	return &campaignStatuses{repo: repo, reads: map[int64]*campaignReads{}}
+	return &campaignStatuses{repo: repo, reads: map[int64]*campaignReads{}, windows: map[int64]windowEntry{},
+		generations: map[int64]time.Time{}}
 }
 
 // sending reports whether campaign id is sending. If the status cannot be
@@ -70,10 +79,27 @@ func (c *campaignStatuses) sending(ctx context.Context, id int64) bool {
 // read runs one status read for id, then starts the queued one, if any.
 func (c *campaignStatuses) read(id int64, cr *campaignReads, r *statusRead) {
 	for r != nil {
-		var status string
+		var (
+			status     string
+			sendWindow []byte // jsonb; NULL for none
+			updatedAt  time.Time
+		)
 		// campaigns is the campaign feature's table; the pool only reads it.
-		err := c.repo.db.Get(&status, `SELECT status FROM campaigns WHERE id = $1`, id)
+		err := c.repo.db.QueryRow(`SELECT status, send_window, updated_at FROM campaigns WHERE id = $1`, id).
+			Scan(&status, &sendWindow, &updatedAt)
 		r.sending = err != nil || status == "sending"
+		if err == nil {
+			// Recorded before done is closed, so the delivery that asked
+			// sees this read's window (or a later one's).
+			c.setWindow(id, status == "sending", sendWindow)
+			c.mu.Lock()
+			if status == "sending" {
+				c.generations[id] = updatedAt
+			} else {
+				delete(c.generations, id)
+			}
+			c.mu.Unlock()
+		}
 		close(r.done)
 
 		c.mu.Lock()
@@ -83,4 +109,12 @@ func (c *campaignStatuses) read(id int64, cr *campaignReads, r *statusRead) {
 		}
 		c.mu.Unlock()
 	}
+}
+
+// generation returns campaign id's updated_at as last read while it was
+// sending (zero if never read).
+func (c *campaignStatuses) generation(id int64) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.generations[id]
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/campaignd/dispatch/messaging/provider"
 )
@@ -26,11 +27,20 @@ type ErrorBrakeOptions struct {
 type errorRates struct {
 	opts ErrorBrakeOptions
 
-	mu    sync.Mutex
-	rings map[int64]*errorRing
+	mu       sync.Mutex
+	rings    map[int64]*errorRing
+	observed int // calls since the last prune
 }
 
+// ringIdle is how long a campaign's window is kept without an attempt;
+// then it is dropped (the campaign finished or is paused), so memory stays
+// bounded by the campaigns being sent.
+const ringIdle = 10 * time.Minute
+
 type errorRing struct {
+	last     time.Time // the latest attempt added
+	gen      time.Time // the campaign's generation the window belongs to
+	tripped  bool      // the brake tripped in this generation: ignore the rest of it
 	errs     []string
 	next     int
 	full     bool
@@ -41,19 +51,34 @@ func newErrorRates(opts ErrorBrakeOptions) *errorRates {
 	return &errorRates{opts: opts, rings: map[int64]*errorRing{}}
 }
 
-// observe adds an attempt of campaign (errKey "" for success) and returns
-// the reason to pause it when the brake trips. A tripped ring starts over,
-// so a resumed campaign gets a fresh window.
-func (e *errorRates) observe(campaign int64, errKey string) string {
+// observe adds an attempt of campaign (errKey "" for success) made in
+// generation gen (the campaign's updated_at as the delivery read it), and
+// returns the reason to pause it when the brake trips. After a trip, the
+// attempts still in flight in that generation are ignored; a new
+// generation (the campaign was paused and resumed) starts a fresh window.
+func (e *errorRates) observe(campaign int64, gen time.Time, errKey string) string {
 	if e == nil || e.opts.Window <= 0 || e.opts.Pause == nil {
 		return ""
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	now := time.Now()
+	if e.observed++; e.observed >= 10_000 {
+		e.observed = 0
+		for id, r := range e.rings {
+			if now.Sub(r.last) > ringIdle {
+				delete(e.rings, id)
+			}
+		}
+	}
 	r := e.rings[campaign]
-	if r == nil {
-		r = &errorRing{errs: make([]string, e.opts.Window)}
+	if r == nil || !r.gen.Equal(gen) {
+		r = &errorRing{gen: gen, errs: make([]string, e.opts.Window)}
 		e.rings[campaign] = r
+	}
+	r.last = now
+	if r.tripped {
+		return ""
 	}
 	if r.full && r.errs[r.next] != "" {
 		r.failures--
@@ -82,18 +107,8 @@ func (e *errorRates) observe(campaign int64, errKey string) string {
 	}
 	reason := fmt.Sprintf("paused automatically: %d%% of the last %d attempts failed (threshold %.0f%%); most common error: %s",
 		r.failures*100/len(r.errs), len(r.errs), e.opts.Threshold*100, common)
-	delete(e.rings, campaign)
+	r.tripped = true
 	return reason
-}
-
-// forget drops campaign's window (it finished).
-func (e *errorRates) forget(campaign int64) {
-	if e == nil {
-		return
-	}
-	e.mu.Lock()
-	delete(e.rings, campaign)
-	e.mu.Unlock()
 }
 
 // errorKey groups errors for the brake's "most common error": the

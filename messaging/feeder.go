@@ -62,8 +62,9 @@ FROM next WHERE m.id = next.id
 RETURNING m.id`
 
 // The feeder reads which campaigns are sending from the campaign feature's
-// table: a small indexed read (campaigns_status_idx) per round.
-const sendingCampaignsSQL = `SELECT id FROM campaigns WHERE status = 'sending' ORDER BY id`
+// table: a small indexed read (campaigns_status_idx) per round. A campaign
+// whose send window is closed is not fed until it opens (openCampaigns).
+const sendingCampaignsSQL = `SELECT id, send_window FROM campaigns WHERE status = 'sending' ORDER BY id`
 
 // feeder is the state of one replica's feeding loop.
 type feeder struct {
@@ -157,10 +158,11 @@ func (f *feeder) round(ctx context.Context) (int64, bool, error) {
 	if budget <= 0 {
 		return 0, false, nil
 	}
-	var campaigns []int64
-	if err := f.s.repo.db.SelectContext(ctx, &campaigns, sendingCampaignsSQL); err != nil {
+	var sending []sendingCampaign
+	if err := f.s.repo.db.SelectContext(ctx, &sending, sendingCampaignsSQL); err != nil {
 		return 0, false, postgres.Classify(err, "list sending campaigns")
 	}
+	campaigns := openCampaigns(sending, f.s.now())
 	if len(campaigns) == 0 {
 		return 0, false, nil
 	}

@@ -76,8 +76,9 @@ type Batch struct {
 const claimSQL = `
 WITH cand AS (
     SELECT m.id, k.channel, m.status AS was, m.attempts, m.updated_at AS last_touch,
-           (k.status = 'cancelled' OR o.customer_id IS NOT NULL) AS skip,
-           CASE WHEN o.customer_id IS NOT NULL THEN 'not sent: customer opted out of ' || k.channel
+           (k.status = 'cancelled' OR o.customer_id IS NOT NULL OR (m.customer_id IS NULL AND m.phone IS NULL)) AS skip,
+           CASE WHEN m.customer_id IS NULL AND m.phone IS NULL THEN 'not sent: customer erased'
+                WHEN o.customer_id IS NOT NULL THEN 'not sent: customer opted out of ' || k.channel
                 ELSE 'not sent: campaign cancelled' END AS reason
     FROM outbound_messages m
     JOIN campaigns k ON k.id = m.campaign_id
@@ -117,11 +118,12 @@ WITH cand AS (
 )
 -- Rows with status cancelled or failed are messages this claim finished:
 -- Claim reports them (for metrics) and does not deliver them.
-SELECT c.id, c.campaign_id, c.customer_id, c.retry_count, c.status, k.channel, k.base_template,
-       u.phone, u.first_name, u.last_name, u.location, u.preferred_product
+SELECT c.id, c.campaign_id, coalesce(c.customer_id, 0) AS customer_id, c.retry_count, c.status, k.channel, k.base_template,
+       coalesce(u.phone, '') AS phone, coalesce(u.first_name, '') AS first_name, coalesce(u.last_name, '') AS last_name,
+       coalesce(u.location, '') AS location, coalesce(u.preferred_product, '') AS preferred_product
 FROM upd c
 JOIN campaigns k ON k.id = c.campaign_id
-JOIN customers u ON u.id = c.customer_id`
+LEFT JOIN customers u ON u.id = c.customer_id`
 
 // Unclaimed explains why a fetched job was not claimed.
 type Unclaimed struct {
@@ -265,7 +267,8 @@ WITH v AS (
 ), upd AS (
     UPDATE outbound_messages m
     SET status = v.status,
-        rendered_content = CASE WHEN v.status = 'sent' THEN v.content ELSE m.rendered_content END,
+        rendered_content = CASE WHEN v.status = 'sent' AND (m.customer_id IS NOT NULL OR m.phone IS NOT NULL)
+                                THEN v.content ELSE m.rendered_content END,
         last_error = CASE WHEN v.err = '' THEN m.last_error ELSE v.err END,
         retry_count = m.retry_count + CASE WHEN v.attempted AND v.status <> 'sent' THEN 1 ELSE 0 END,
         attempts = m.attempts + CASE WHEN v.attempted THEN 1 ELSE 0 END,

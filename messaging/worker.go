@@ -505,6 +505,13 @@ func (p *Pool) deliver(sendCtx context.Context, cj claimedJob) (r result) {
 	if sendCtx.Err() != nil || !p.campaigns.sending(sendCtx, j.CampaignID) {
 		return p.notAttempted(j)
 	}
+	// Outside the campaign's send window (as the read just above found
+	// it), the message waits until the window opens: no attempt is used.
+	if next, closed := p.campaigns.windowClosed(j.CampaignID, p.now()); closed {
+		r = p.notAttempted(j)
+		r.outcome.NextAttemptAt = next
+		return r
+	}
 	ch := channel.Channel(j.Channel)
 	prov := p.providerFor(ch)
 	if p.opts.Gate != nil {
@@ -539,7 +546,7 @@ func (p *Pool) deliver(sendCtx context.Context, cj claimedJob) (r result) {
 			}
 		}
 		r.outcome = o
-		r.pause = p.errorRates.observe(j.CampaignID, "")
+		r.pause = p.errorRates.observe(j.CampaignID, p.campaigns.generation(j.CampaignID), "")
 		return r
 	}
 	if IsInfrastructure(err) {
@@ -581,7 +588,7 @@ func (p *Pool) deliver(sendCtx context.Context, cj claimedJob) (r result) {
 		r.outcome.NextAttemptAt = p.now().Add(max(wait, time.Second))
 		return r
 	}
-	trip := p.errorRates.observe(j.CampaignID, errorKey(err))
+	trip := p.errorRates.observe(j.CampaignID, p.campaigns.generation(j.CampaignID), errorKey(err))
 	var res result
 	switch {
 	case provider.ClassOf(err) == provider.OptedOut:

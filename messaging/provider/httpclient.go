@@ -7,9 +7,11 @@ import (
 )
 
 // HTTPClient returns the client an adapter sends with: connections are
-// reused and the idle pool is sized to the worker pool (conns), so a busy
-// pool does not open and close a TLS connection per message; every phase
-// has a deadline, and the request's context bounds the whole attempt.
+// reused and the pool is sized to the worker pool (conns), so a busy pool
+// does not open and close a TLS connection per message, and a burst never
+// opens more than conns connections to one host (beyond that, requests wait
+// for a free one); every phase has a deadline, and the request's context
+// bounds the whole attempt.
 func HTTPClient(conns int, timeout time.Duration) *http.Client {
 	if conns <= 0 {
 		conns = 100
@@ -23,6 +25,7 @@ func HTTPClient(conns int, timeout time.Duration) *http.Client {
 		ForceAttemptHTTP2:     true,
 		MaxIdleConns:          conns,
 		MaxIdleConnsPerHost:   conns,
+		MaxConnsPerHost:       conns,
 		IdleConnTimeout:       90 * time.Second,
 		TLSHandshakeTimeout:   5 * time.Second,
 		ResponseHeaderTimeout: timeout,
