@@ -206,7 +206,8 @@ func (a *App) wire() error {
 	// A receipt saying the recipient blocked us opts them out as a STOP
 	// reply does: the opt-out, then their pending messages cancelled.
 	a.receipts = messaging.NewReceipts(a.db, messaging.ReceiptOptions{
-		OnOptOut: messaging.OptOutHook(a.db, a.customers, a.log.With("component", "receipts")),
+		OnOptOut:  messaging.OptOutHook(a.db, a.customers, a.log.With("component", "receipts")),
+		OnApplied: a.metrics.Outcomes,
 	}, a.log.With("component", "receipts"))
 	a.webhooks = messaging.NewWebhooks(messaging.WebhookOptions{
 		PublicBaseURL:    cfg.PublicBaseURL,

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/jmoiron/sqlx"
 
 	"github.com/campaignd/dispatch/messaging/provider"
@@ -289,6 +290,22 @@ func TestProviderE2EReceipts(t *testing.T) {
 SELECT count(*) FROM outbound_messages
 WHERE campaign_id = ANY(ARRAY[$1, $2]::bigint[]) AND (provider_message_id IS NULL OR provider_message_id = '')`, smsID, waID); n != 0 {
 		t.Errorf("%d messages have no provider_message_id", n)
+	}
+
+	// dispatch_messages_total counts the receipts' outcomes per channel and
+	// provider, as the stats do.
+	got := map[string]int64{}
+	for _, m := range scrape(t, rig.testApp)["dispatch_messages_total"].GetMetric() {
+		if o := label(m, "outcome"); o == "delivered" || o == "undelivered" {
+			got[label(m, "channel")+" "+label(m, "provider")+" "+o] += int64(m.GetCounter().GetValue())
+		}
+	}
+	want := map[string]int64{
+		"sms africastalking delivered": settled[smsID].Delivered, "sms africastalking undelivered": settled[smsID].Undelivered,
+		"whatsapp twilio delivered": settled[waID].Delivered, "whatsapp twilio undelivered": settled[waID].Undelivered,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("dispatch_messages_total receipts outcomes (-stats +metrics):\n%s", diff)
 	}
 }
 

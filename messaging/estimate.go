@@ -329,6 +329,11 @@ func (e *Estimator) Estimate(ctx context.Context, ch channel.Channel, tmpl strin
 	}
 	defer tx.Rollback() // read-only: nothing to commit; closes the cursor
 
+	// The cursor is read to its end: plan for all its rows (a hash join),
+	// not for the first tenth (probes), which is what a cursor plans for.
+	if _, err := tx.ExecContext(ctx, "SET LOCAL cursor_tuple_fraction = 1.0"); err != nil {
+		return Estimate{}, postgres.Classify(err, "estimate: plan")
+	}
 	query, args := estimateQuery(tmpl, a)
 	if _, err := tx.ExecContext(ctx, "DECLARE estimate_customers NO SCROLL CURSOR FOR "+query,
 		append([]any{string(ch)}, args...)...); err != nil {
@@ -405,12 +410,11 @@ var estimateFetchSQL = fmt.Sprintf("FETCH FORWARD %d FROM estimate_customers", e
 func (a *estimateAcc) add(f template.Fields) error {
 	a.est.Recipients++
 	body, err := a.e.limits.Render(a.ch, a.tmpl, f)
-	var long *TooLongError
-	if errors.As(err, &long) {
-		a.est.TooLong++
-		return nil
-	}
 	if err != nil {
+		if long := (*TooLongError)(nil); errors.As(err, &long) {
+			a.est.TooLong++
+			return nil
+		}
 		// The template passed Check when it was stored, and Render fails
 		// exactly when Check does.
 		return fmt.Errorf("estimate: render: %w", err)

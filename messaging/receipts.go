@@ -41,6 +41,10 @@ type ReceiptOptions struct {
 	// be called more than once for one receipt (a provider's retry), so it
 	// must be idempotent; it logs its own failures. OptOutHook builds one.
 	OnOptOut func(ctx context.Context, phone string, ch channel.Channel)
+	// OnApplied, if set, is told how many messages of a channel and
+	// provider receipts moved to outcome (delivered or undelivered), for
+	// the metrics.
+	OnApplied func(ch, provider, outcome string, n int)
 }
 
 func (o *ReceiptOptions) defaults() {
@@ -261,6 +265,7 @@ func (r *Receipts) commit(ctx context.Context, batch []*receiptWaiter) {
 		r.stored.Add(inserted)
 		r.duplicates.Add(int64(len(rows)) - inserted)
 		r.applied.Add(res.moved)
+		r.observe(res.tallies)
 		r.optOut(ctx, res.optOuts)
 	}
 	answerWaiters(batch, err)
@@ -347,7 +352,11 @@ WITH keys AS (
         updated_at = now()
     FROM win w
     WHERE m.id = w.message_id AND m.status = 'sent'
-    RETURNING m.id
+    RETURNING m.id, m.provider, m.status, m.campaign_id
+), tally AS (
+    SELECT mv.provider, k.channel, mv.status, count(*) AS n
+    FROM moved mv JOIN campaigns k ON k.id = mv.campaign_id
+    GROUP BY mv.provider, k.channel, mv.status
 ), marked AS (
     UPDATE provider_receipts r SET applied_at = now()
     FROM rcpt
@@ -363,13 +372,15 @@ WITH keys AS (
 SELECT (SELECT count(*) FROM moved) AS moved,
        (SELECT count(*) FROM marked) AS marked,
        ARRAY(SELECT phone FROM opted ORDER BY phone, channel) AS phones,
-       ARRAY(SELECT channel FROM opted ORDER BY phone, channel) AS channels`
+       ARRAY(SELECT channel FROM opted ORDER BY phone, channel) AS channels,
+       ARRAY(SELECT provider || ' ' || channel || ' ' || status || ' ' || n FROM tally) AS tallies`
 
 // applyResult is what one apply did.
 type applyResult struct {
 	moved   int64 // messages moved to delivered or undelivered
 	marked  int64 // receipts applied
 	optOuts []phoneOptOut
+	tallies []string // "provider channel status n" per group of moved messages
 }
 
 type phoneOptOut struct {
@@ -390,7 +401,7 @@ func applyReceipts(ctx context.Context, q sqlx.QueryerContext, rows []provider.R
 		phones, channels pq.StringArray
 	)
 	err := q.QueryRowxContext(ctx, applyReceiptsSQL, pq.Array(providers), pq.Array(ids), pq.Array(optOuts)).
-		Scan(&res.moved, &res.marked, &phones, &channels)
+		Scan(&res.moved, &res.marked, &phones, &channels, (*pq.StringArray)(&res.tallies))
 	if err != nil {
 		return applyResult{}, postgres.Classify(err, "apply delivery receipts")
 	}
@@ -489,11 +500,26 @@ func (r *Receipts) retryUnapplied(ctx context.Context) error {
 			return err
 		}
 		r.applied.Add(res.moved)
+		r.observe(res.tallies)
 		r.optOut(ctx, res.optOuts)
 		if len(page) < receiptChunk {
 			return nil
 		}
 		last := page[len(page)-1]
 		afterAt, afterID = last.ReceivedAt, last.ID
+	}
+}
+
+// observe reports an apply's tallies to OnApplied.
+func (r *Receipts) observe(tallies []string) {
+	if r.opts.OnApplied == nil {
+		return
+	}
+	for _, t := range tallies {
+		var prov, ch, status string
+		var n int
+		if _, err := fmt.Sscan(t, &prov, &ch, &status, &n); err == nil {
+			r.opts.OnApplied(ch, prov, status, n)
+		}
 	}
 }

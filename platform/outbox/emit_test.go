@@ -110,7 +110,7 @@ func TestEmitManyOneStatement(t *testing.T) {
 		t.Errorf("EmitMany of %d events took %s, want well under a second", n, took)
 	}
 	// Batch rows of BatchItems events.
-	if got := count(t, db.DB, `SELECT sum(items) FROM webhook_events WHERE type = 'message.sent' AND jsonb_array_length(data) = items`); got != n {
+	if got := count(t, db.DB, `SELECT sum(items) FROM webhook_events WHERE type = 'message.sent' AND json_array_length(data) = items`); got != n {
 		t.Fatalf("%d events, want %d", got, n)
 	}
 	if rows := count(t, db.DB, `SELECT count(*) FROM webhook_events`); rows != n/BatchItems {
