@@ -83,7 +83,7 @@ WITH cand AS (
     FROM outbound_messages m
     JOIN campaigns k ON k.id = m.campaign_id
     LEFT JOIN customer_opt_outs o ON o.customer_id = m.customer_id AND o.channel = k.channel
-    WHERE m.id = ANY($1::bigint[]) AND k.status IN ('sending', 'cancelled')
+    WHERE m.id = ANY($1::bigint[]) AND k.status IN ('sending', 'cancelled') AND NOT m.test
 ), upd AS (
     -- One pass claims the batch: a message to deliver moves to sending; one
     -- whose customer opted out after the send, or whose campaign was
@@ -410,7 +410,7 @@ func (r *Repo) UnqueueStale(ctx context.Context, cutoff time.Time, limit int) (i
 UPDATE outbound_messages SET updated_at = now(), status = 'pending', queued_at = NULL
 WHERE id IN (
     SELECT id FROM outbound_messages
-    WHERE status IN ('pending', 'sending') AND updated_at < $1
+    WHERE status IN ('pending', 'sending') AND updated_at < $1 AND NOT test
       AND (status = 'sending' OR queued_at < $1)
       AND (next_attempt_at IS NULL OR next_attempt_at < $1)
     ORDER BY updated_at

@@ -41,11 +41,13 @@ const testMessageColumns = `m.id, m.campaign_id, m.customer_id, m.phone, %s AS c
        m.last_error, m.rendered_content, m.provider, m.provider_message_id, m.encoding, m.segments,
        m.cost::text AS cost, m.currency, m.test, m.created_at, m.sent_at, m.delivered_at, m.updated_at`
 
-// A test message is created already in sending: it is never pending, so
-// the feeder never queues it, and the claim, which joins customers, could
-// not load it anyway (customer_id is NULL). This process delivers it and
-// records the outcome; FailAbandonedTests ends it if the process dies
-// first. A phone whose customer opted out of the channel gets no message.
+// A test message is created already in sending and is never pending, so
+// the feeder never queues it. Its id reaches the queue only if the sweeper
+// re-pushes the messages in sending (Redis lost its data) or requeues a
+// stale one, and the claim leaves test messages alone (NOT m.test in
+// claimSQL; UnqueueStale skips them). This process delivers it and records
+// the outcome; FailAbandonedTests ends it if the process dies first. A
+// phone whose customer opted out of the channel gets no message.
 var insertTestSQL = `
 INSERT INTO outbound_messages AS m (campaign_id, customer_id, test, phone, status, rendered_content, provider, encoding, segments)
 SELECT $1, NULL, true, $2, 'sending', $4, nullif($5, ''), nullif($6, ''), nullif($7::int, 0)
