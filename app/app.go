@@ -12,14 +12,11 @@ import (
 	"net/http"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
-	"unicode/utf8"
 
 	"github.com/jmoiron/sqlx"
-	"github.com/nyaruka/phonenumbers"
 	"github.com/pressly/goose/v3"
 	"github.com/redis/go-redis/v9"
 
@@ -33,7 +30,6 @@ import (
 	"github.com/campaignd/dispatch/messaging/throttle"
 	"github.com/campaignd/dispatch/platform/auth"
 	"github.com/campaignd/dispatch/platform/channel"
-	"github.com/campaignd/dispatch/platform/errs"
 	"github.com/campaignd/dispatch/platform/metrics"
 	"github.com/campaignd/dispatch/platform/postgres"
 	"github.com/campaignd/dispatch/platform/redisx"
@@ -373,7 +369,7 @@ func (a *App) wireEstimatesAndTestSends(limits messaging.Limits, sender provider
 		Limits: limits, Gate: a.providerGate,
 	}, a.log.With("component", "test-send"))
 	a.campaigns.WithEstimates(estimator{messaging.NewEstimator(a.db, limits, pricing)}).
-		WithTestSend(testSender{a.testSends}, e164(a.cfg.Customers.DefaultRegion))
+		WithTestSend(testSender{a.testSends}, a.customers.NormalizePhone)
 	return nil
 }
 
@@ -394,28 +390,4 @@ func (t testSender) TestSend(ctx context.Context, m campaign.TestSend) (any, err
 		return nil, err
 	}
 	return msg, nil
-}
-
-// e164 reads a test send's phone as the customer feature reads customers'
-// phones (customer.normalizePhone, which is not exported): E.164, a number
-// without +country code read as one of region, valid for its country, no
-// extension. Replace it with the customer feature's own once exported.
-func e164(region string) func(string) (string, error) {
-	return func(raw string) (string, error) {
-		raw = strings.TrimSpace(raw)
-		if utf8.RuneCountInString(raw) > 64 {
-			return "", errors.New("phone is too long (at most 64 characters)")
-		}
-		n, err := phonenumbers.Parse(raw, region)
-		if err != nil || !phonenumbers.IsValidNumber(n) {
-			if !strings.HasPrefix(raw, "+") {
-				return "", fmt.Errorf("phone %s is not a valid phone number (numbers without a +country code are read as %s numbers)", errs.Quote(raw), region)
-			}
-			return "", fmt.Errorf("phone %s is not a valid phone number", errs.Quote(raw))
-		}
-		if n.GetExtension() != "" {
-			return "", fmt.Errorf("phone %s has an extension; give the number alone", errs.Quote(raw))
-		}
-		return phonenumbers.Format(n, phonenumbers.E164), nil
-	}
 }

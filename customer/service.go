@@ -2,6 +2,7 @@ package customer
 
 import (
 	"context"
+	"errors"
 	"strings"
 
 	"github.com/campaignd/dispatch/platform/channel"
@@ -94,4 +95,16 @@ func (s *Service) Create(ctx context.Context, in Input) (Customer, error) {
 		return Customer{}, err
 	}
 	return s.repo.Create(ctx, clean)
+}
+
+// NormalizePhone reads raw as customers' phones are read (E.164, numbers
+// without a +country code in the default region), for other features that
+// take a phone, such as a campaign's test send. The error's text says what
+// is wrong, for the person who typed it.
+func (s *Service) NormalizePhone(raw string) (string, error) {
+	phone, ferr := normalizePhone(raw, s.region)
+	if ferr != nil {
+		return "", errors.New(ferr.Message)
+	}
+	return phone, nil
 }
