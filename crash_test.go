@@ -160,7 +160,7 @@ func TestCrashKillDuringSendThenRestart(t *testing.T) {
 // message but before the worker recorded it as sent, and after the restart
 // the provider fails every attempt (an outage; here SENDER_SUCCESS_RATE=0 and
 // one attempt allowed). The message then ends failed, and dead-lettered,
-// although the provider delivered it. The Sender contract (messaging/sender.go)
+// although the provider delivered it. The mock's contract (provider/mock)
 // says Send returns nil for a key the provider had already accepted, and the
 // crash guarantee is that no failed message was delivered; the mock rolls its
 // simulated network error before it looks at its idempotency ledger.
@@ -199,6 +199,9 @@ func TestCrashProviderAcceptedThenKilled(t *testing.T) {
 	// A provider outage after the restart: every attempt fails.
 	e.vars["SENDER_SUCCESS_RATE"] = "0"
 	e.vars["MAX_RETRY_COUNT"] = "1"
+	e.vars["ERROR_BRAKE_WINDOW"] = "0" // every attempt fails on purpose: no pause
+	// With the error-rate brake on, the campaign would be paused instead
+	// (TestProviderE2EErrorRateBrake covers that).
 	p2 := e.start("after-sigkill-provider-down")
 	final := e.waitAllFinal(p2)
 	e.verifyExactlyOnce(final)

@@ -41,7 +41,7 @@ func TestStartupExitCodes(t *testing.T) {
 		{
 			name: "postgres down",
 			vars: map[string]string{
-				"DATABASE_URL":    fmt.Sprintf("postgres://postgres:secret@127.0.0.1:%d/campaigns?sslmode=disable", pgPort),
+				"DATABASE_URL":    fmt.Sprintf("postgres://postgres:pw-7f3a9c@127.0.0.1:%d/campaigns?sslmode=disable", pgPort),
 				"STARTUP_TIMEOUT": "1s",
 			},
 			want: []string{fmt.Sprintf("postgres at 127.0.0.1:%d not reachable after 1s: ", pgPort), "connection refused"},
@@ -49,7 +49,7 @@ func TestStartupExitCodes(t *testing.T) {
 		{
 			name: "redis down",
 			vars: map[string]string{
-				"REDIS_URL":       fmt.Sprintf("redis://:secret@127.0.0.1:%d/0", redisPort),
+				"REDIS_URL":       fmt.Sprintf("redis://:pw-7f3a9c@127.0.0.1:%d/0", redisPort),
 				"STARTUP_TIMEOUT": "1s",
 			},
 			want: []string{fmt.Sprintf("redis at 127.0.0.1:%d not reachable after 1s: ", redisPort), "connection refused"},
@@ -93,7 +93,7 @@ func TestStartupExitCodes(t *testing.T) {
 					t.Errorf("output contains %q:\n%s%s", s, stdout, stderr)
 				}
 			}
-			if strings.Contains(stderr, "secret") {
+			if strings.Contains(stderr, "pw-7f3a9c") {
 				t.Errorf("stderr shows a password:\n%s", stderr)
 			}
 			var errLines []map[string]any

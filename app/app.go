@@ -376,9 +376,13 @@ func (a *App) wireEstimatesAndTestSends(limits messaging.Limits, sender provider
 // estimator adapts messaging's Estimator to campaign.Estimator.
 type estimator struct{ e *messaging.Estimator }
 
-func (e estimator) Estimate(ctx context.Context, ch channel.Channel, tmpl string, a campaign.Audience) (campaign.Estimate, error) {
+func (e estimator) Estimate(ctx context.Context, ch channel.Channel, tmpl string, a campaign.Audience, dups int) (any, error) {
 	est, err := e.e.Estimate(ctx, ch, tmpl, messaging.Audience(a))
-	return campaign.Estimate(est), err
+	if err != nil {
+		return nil, err
+	}
+	est.DuplicatesRemoved = dups
+	return est, nil
 }
 
 // testSender adapts messaging's TestSender to campaign.TestSender.

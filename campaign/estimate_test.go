@@ -23,9 +23,13 @@ import (
 // campaign tests, as app does in production.
 type estimateAdapter struct{ *messaging.Estimator }
 
-func (e estimateAdapter) Estimate(ctx context.Context, ch channel.Channel, tmpl string, a Audience) (Estimate, error) {
+func (e estimateAdapter) Estimate(ctx context.Context, ch channel.Channel, tmpl string, a Audience, dups int) (any, error) {
 	est, err := e.Estimator.Estimate(ctx, ch, tmpl, messaging.Audience(a))
-	return Estimate(est), err
+	est.DuplicatesRemoved = dups
+	if err != nil {
+		return nil, err
+	}
+	return est, nil
 }
 
 type testSendAdapter struct{ *messaging.TestSender }
@@ -136,7 +140,7 @@ SELECT (SELECT count(*) FROM outbound_messages WHERE campaign_id = $1 AND status
 // estimateFromMessages is the estimate that campaign id's stored messages
 // make: every message a recipient; the segments and encoding the pool
 // stored on those it sent, priced by the customer's calling code.
-func estimateFromMessages(t *testing.T, se *sendEnv, id int64) Estimate {
+func estimateFromMessages(t *testing.T, se *sendEnv, id int64) messaging.Estimate {
 	t.Helper()
 	var rows []struct {
 		Phone    string  `db:"phone"`
@@ -152,7 +156,7 @@ WHERE m.campaign_id = $1 AND NOT m.test`, id); err != nil {
 		t.Fatal(err)
 	}
 	pricing := estimatePricing(t)
-	est := Estimate{Segments: EstimateSegments{ByEncoding: map[string]int64{"GSM-7": 0, "UCS-2": 0}}}
+	est := messaging.Estimate{Segments: messaging.EstimateSegments{ByEncoding: map[string]int64{"GSM-7": 0, "UCS-2": 0}}}
 	type country struct{ recipients, segments int64 }
 	byCode := map[string]*country{}
 	for _, r := range rows {
@@ -175,11 +179,11 @@ WHERE m.campaign_id = $1 AND NOT m.test`, id); err != nil {
 		byCode[code].segments += int64(*r.Segments)
 	}
 	var total int64
-	est.Cost = EstimateCost{Currency: "KES", ByCountry: []EstimateCountry{}}
+	est.Cost = messaging.EstimateCost{Currency: "KES", ByCountry: []messaging.EstimateCountry{}}
 	for code, c := range byCode {
 		m := c.segments * pricing.PerSegment(code)
 		total += m
-		est.Cost.ByCountry = append(est.Cost.ByCountry, EstimateCountry{CallingCode: code, Recipients: c.recipients,
+		est.Cost.ByCountry = append(est.Cost.ByCountry, messaging.EstimateCountry{CallingCode: code, Recipients: c.recipients,
 			Segments: c.segments, Cost: messaging.FormatMoney(m)})
 	}
 	est.Cost.Total = messaging.FormatMoney(total)
@@ -187,8 +191,8 @@ WHERE m.campaign_id = $1 AND NOT m.test`, id); err != nil {
 }
 
 // sortCountries orders by calling code, for comparing.
-var sortCountries = cmp.Transformer("sortCountries", func(in []EstimateCountry) map[string]EstimateCountry {
-	out := make(map[string]EstimateCountry, len(in))
+var sortCountries = cmp.Transformer("sortCountries", func(in []messaging.EstimateCountry) map[string]messaging.EstimateCountry {
+	out := make(map[string]messaging.EstimateCountry, len(in))
 	for _, c := range in {
 		out[c.CallingCode] = c
 	}
@@ -237,7 +241,7 @@ INSERT INTO customer_opt_outs (customer_id, channel) VALUES ($1, 'sms'), ($2, 's
 	}
 	body := sendBody(t, append(append([]int64{}, ids...), ids[0], ids[4], ids[0]))
 
-	est := decodeJSON[Estimate](t, se.do(http.MethodPost, fmt.Sprintf("/campaigns/%d/estimate", c.ID), body), http.StatusOK)
+	est := decodeJSON[messaging.Estimate](t, se.do(http.MethodPost, fmt.Sprintf("/campaigns/%d/estimate", c.ID), body), http.StatusOK)
 	if est.Recipients != 9 || est.SkippedOptedOut != 2 || est.DuplicatesRemoved != 3 || est.TooLong != 1 {
 		t.Errorf("estimate: %+v; want 9 recipients, 2 opted out, 3 duplicates, 1 too long", est)
 	}
@@ -293,7 +297,7 @@ INSERT INTO customer_opt_outs (customer_id, channel) SELECT id, 'sms' FROM custo
 	_ = ids
 	c := se.createCampaign(t, "filter", channel.SMS, "Hi {first_name} in {location}")
 	body := `{"audience":{"location":" nairobi "}}`
-	est := decodeJSON[Estimate](t, se.do(http.MethodPost, fmt.Sprintf("/campaigns/%d/estimate", c.ID), body), http.StatusOK)
+	est := decodeJSON[messaging.Estimate](t, se.do(http.MethodPost, fmt.Sprintf("/campaigns/%d/estimate", c.ID), body), http.StatusOK)
 	res := decodeJSON[SendResult](t, se.send(c.ID, body, ""), http.StatusAccepted)
 	if est.Recipients != 15 || est.SkippedOptedOut != 5 || res.MessagesQueued != est.Recipients || res.SkippedOptedOut != est.SkippedOptedOut {
 		t.Errorf("estimate %d recipients, %d opted out; send %+v; want 15 and 5 both", est.Recipients, est.SkippedOptedOut, res)
@@ -307,7 +311,7 @@ INSERT INTO customer_opt_outs (customer_id, channel) SELECT id, 'sms' FROM custo
 
 	// WhatsApp: a message is a segment, with no encoding.
 	w := se.createCampaign(t, "whatsapp", channel.WhatsApp, strings.Repeat("Hi {first_name}! ", 20))
-	est = decodeJSON[Estimate](t, se.do(http.MethodPost, fmt.Sprintf("/campaigns/%d/estimate", w.ID), `{"audience":{"all":true}}`), http.StatusOK)
+	est = decodeJSON[messaging.Estimate](t, se.do(http.MethodPost, fmt.Sprintf("/campaigns/%d/estimate", w.ID), `{"audience":{"all":true}}`), http.StatusOK)
 	if est.Recipients != 40 || est.Segments.Total != 40 || est.Segments.MaxPerMessage != 1 || len(est.Segments.ByEncoding) != 0 ||
 		est.Cost.Total != "0.32" { // 40 × 0.0079 (+1 666...)
 		t.Errorf("WhatsApp estimate: %+v", est)
@@ -332,15 +336,15 @@ func TestEstimateErrors(t *testing.T) {
 	wantError(t, se.do(http.MethodPost, url, sendBody(t, []int64{ids[0], 999_999})), http.StatusUnprocessableEntity, "UNKNOWN_CUSTOMERS", "")
 
 	// An empty audience is an answer, not an error.
-	est := decodeJSON[Estimate](t, se.do(http.MethodPost, url, `{"audience":{"location":"Atlantis"}}`), http.StatusOK)
-	want := Estimate{Segments: EstimateSegments{ByEncoding: map[string]int64{"GSM-7": 0, "UCS-2": 0}},
-		Cost: EstimateCost{Currency: "KES", Total: "0.00", ByCountry: []EstimateCountry{}}}
+	est := decodeJSON[messaging.Estimate](t, se.do(http.MethodPost, url, `{"audience":{"location":"Atlantis"}}`), http.StatusOK)
+	want := messaging.Estimate{Segments: messaging.EstimateSegments{ByEncoding: map[string]int64{"GSM-7": 0, "UCS-2": 0}},
+		Cost: messaging.EstimateCost{Currency: "KES", Total: "0.00", ByCountry: []messaging.EstimateCountry{}}}
 	if diff := cmp.Diff(want, est); diff != "" {
 		t.Errorf("empty audience (-want +got):\n%s", diff)
 	}
 	// Any status: a sent campaign is estimated too, and left as it is.
 	sent := se.insertCampaign(t, "sent", channel.SMS, StatusSent)
-	est = decodeJSON[Estimate](t, se.do(http.MethodPost, fmt.Sprintf("/campaigns/%d/estimate", sent), sendBody(t, ids)), http.StatusOK)
+	est = decodeJSON[messaging.Estimate](t, se.do(http.MethodPost, fmt.Sprintf("/campaigns/%d/estimate", sent), sendBody(t, ids)), http.StatusOK)
 	if est.Recipients != 3 || se.campaignStatus(t, sent) != StatusSent {
 		t.Errorf("sent campaign: %+v, status %s", est, se.campaignStatus(t, sent))
 	}

@@ -29,7 +29,7 @@ func (h *Handler) Register(e *echo.Echo) {
 	e.POST("/campaigns", h.create)
 	e.GET("/campaigns", h.list)
 	e.GET("/campaigns/:id", h.get)
-	e.POST("/campaigns/:id/personalized-preview", h.preview)
+	e.POST("/campaigns/:id/personalized-preview", withBody(http.StatusOK, h.svc.Preview))
 	e.PATCH("/campaigns/:id", h.update)
 	if h.svc.dispatcher != nil {
 		e.POST("/campaigns/:id/send", h.send)
@@ -39,10 +39,13 @@ func (h *Handler) Register(e *echo.Echo) {
 		e.POST("/campaigns/:id/retry-failed", h.action(h.svc.RetryFailed))
 	}
 	if h.svc.estimator != nil {
-		e.POST("/campaigns/:id/estimate", h.estimate)
+		// 200 with what a send of the same body would create and cost; it
+		// creates nothing.
+		e.POST("/campaigns/:id/estimate", withBody(http.StatusOK, h.svc.Estimate))
 	}
 	if h.svc.testSends.sender != nil {
-		e.POST("/campaigns/:id/test-send", h.testSend)
+		// 202 with the test message, stored and being delivered.
+		e.POST("/campaigns/:id/test-send", withBody(http.StatusAccepted, h.svc.TestSend))
 	}
 }
 
@@ -162,19 +165,23 @@ func (h *Handler) get(c echo.Context) error {
 	return c.JSON(http.StatusOK, d)
 }
 
-// preview serves POST /campaigns/{id}/personalized-preview.
-func (h *Handler) preview(c echo.Context) error {
-	id, err := httpx.PathID(c, "id")
-	if err != nil {
-		return err
+// withBody serves POST /campaigns/{id}/<action> whose JSON body is an In
+// (personalized-preview, estimate, test-send): it answers status with what
+// do returns.
+func withBody[In, Out any](status int, do func(ctx context.Context, id int64, in In) (Out, error)) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		id, err := httpx.PathID(c, "id")
+		if err != nil {
+			return err
+		}
+		var in In
+		if err := httpx.BindJSON(c, &in); err != nil {
+			return err
+		}
+		out, err := do(c.Request().Context(), id, in)
+		if err != nil {
+			return err
+		}
+		return c.JSON(status, out)
 	}
-	var in PreviewInput
-	if err := httpx.BindJSON(c, &in); err != nil {
-		return err
-	}
-	p, err := h.svc.Preview(c.Request().Context(), id, in)
-	if err != nil {
-		return err
-	}
-	return c.JSON(http.StatusOK, p)
 }

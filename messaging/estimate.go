@@ -195,9 +195,8 @@ func CallingCode(phone string) string {
 }
 
 // Estimate is what a send would create and cost, the body of
-// POST /campaigns/{id}/estimate. The nested types are aliases of unnamed
-// structs so that campaign.Estimate, declared the same way, converts to and
-// from it (app's adapter): a field added to one only breaks that line.
+// POST /campaigns/{id}/estimate (the campaign feature passes it on as it
+// is).
 type Estimate struct {
 	// Recipients counts the messages a send would create: opted-out
 	// customers and duplicate ids left out.
@@ -217,7 +216,7 @@ type Estimate struct {
 // EstimateSegments counts the segments a send would be billed for. A
 // WhatsApp message is one segment, with no encoding, so ByEncoding is
 // empty; for SMS it has both "GSM-7" and "UCS-2".
-type EstimateSegments = struct {
+type EstimateSegments struct {
 	Total         int64            `json:"total"`
 	MaxPerMessage int              `json:"max_per_message"`
 	ByEncoding    map[string]int64 `json:"by_encoding"`
@@ -227,7 +226,7 @@ type EstimateSegments = struct {
 // Total is the exact sum rounded once; each ByCountry cost is rounded on
 // its own, so they may add up to a cent per country away from Total.
 // ByCountry is ordered by cost, highest first, then calling code.
-type EstimateCost = struct {
+type EstimateCost struct {
 	Currency  string            `json:"currency"`
 	Total     string            `json:"total"`
 	ByCountry []EstimateCountry `json:"by_country"`
@@ -235,7 +234,7 @@ type EstimateCost = struct {
 
 // EstimateCountry is the part of an estimate going to one calling code;
 // CallingCode is "" for phones with none known.
-type EstimateCountry = struct {
+type EstimateCountry struct {
 	CallingCode string `json:"calling_code"`
 	Recipients  int64  `json:"recipients"`
 	Segments    int64  `json:"segments"`
