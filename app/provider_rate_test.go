@@ -16,12 +16,15 @@ func TestProviderRateSharedByReplicas(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs two replicas for about 25 s")
 	}
-	t.Parallel()
+	// Not parallel: the lower bound needs the two replicas to have CPU to
+	// spare for 200 messages a second, which a machine running the other
+	// tests of this package at the same time may not give them.
 	const rate = 200
 	const n = 5400 // 27 s of work at the limit: the 20 s window sits inside it
 	rig := startProviderRig(t, sim.Options{
 		Latency: 5 * time.Millisecond, LatencyJitter: 10 * time.Millisecond,
-		ReceiptDelay: 100 * time.Millisecond, DeliveredRatio: 1,
+		// Receipts would only add load: they come after the test.
+		ReceiptDelay: time.Hour, DeliveredRatio: 1,
 		HTTPClient: provider.HTTPClient(64, 5*time.Second),
 	}, func(cfg *Config) {
 		cfg.WorkerConcurrency = 50

@@ -26,17 +26,26 @@ package outbox
 // the on round was recording and from its start until all were delivered.
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
+
+	"github.com/campaignd/dispatch/platform/postgres"
+	"github.com/campaignd/dispatch/platform/postgres/pgtest"
 )
 
 // benchRecordSQL is messaging's recordSQL (messaging/repo.go) with upd
@@ -94,6 +103,10 @@ func BenchmarkWebhooksOnVsOff(b *testing.B) {
 	)
 	db := newDB(b)
 	ctx := context.Background()
+	// The recorder and the dispatcher have pools of their own, named, so
+	// that the CPU of their PostgreSQL backends can be told apart.
+	recDB := namedPool(b, db, "rec", workers)
+	dispDB := namedPool(b, db, "disp", 8)
 	mustExec(b, db, `INSERT INTO customers (phone) SELECT '+2547' || lpad(g::text, 8, '0') FROM generate_series(1, $1) g`, perRound)
 
 	plain := benchRecordSQL + `
@@ -109,7 +122,7 @@ SELECT count(*) FROM upd`
 	b.Cleanup(rcv.Close)
 
 	// round records perRound messages of a fresh campaign and returns msgs/s.
-	round := func(query string, wanted []string) float64 {
+	round := func(query string, wanted []string) (rate, pgCPU float64) {
 		var campaign int64
 		if err := db.GetContext(ctx, &campaign, `INSERT INTO campaigns (name, channel, status, base_template)
 			VALUES ('bench', 'sms', 'sending', 'Hi {first_name}') RETURNING id`); err != nil {
@@ -129,6 +142,7 @@ SELECT count(*) FROM upd`
 		close(work)
 		var wg sync.WaitGroup
 		var failed atomic.Value
+		cpu0 := backendCPU(b, db, recDB)
 		began := time.Now()
 		for range workers {
 			wg.Go(func() {
@@ -152,7 +166,7 @@ SELECT count(*) FROM upd`
 						args = append(args, pq.Array(wanted))
 					}
 					var got int
-					if err := db.GetContext(ctx, &got, query, args...); err != nil {
+					if err := recDB.GetContext(ctx, &got, query, args...); err != nil {
 						failed.Store(err)
 						return
 					}
@@ -161,24 +175,28 @@ SELECT count(*) FROM upd`
 		}
 		wg.Wait()
 		took := time.Since(began)
+		cpu := backendCPU(b, db, recDB) - cpu0
 		if err, ok := failed.Load().(error); ok {
 			b.Fatal(err)
 		}
-		return float64(perRound) / took.Seconds()
+		return float64(perRound) / took.Seconds(), float64(cpu.Microseconds()) / perRound
 	}
 
 	// onRound subscribes an endpoint and records a round with events; the
 	// dispatcher runs during the round (concurrent) or only after it, and
 	// the backlog is drained before the next round either way.
-	onRound := func(concurrent bool) (rate, during, drain float64) {
+	type onResult struct{ rate, pgCPU, during, drain, dispCPU float64 }
+	onRound := func(concurrent bool) (res onResult) {
 		e, err := NewStore(db.DB).Create(ctx, rcv.URL, []string{string(MessageSent)}, "bench", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
 		if err != nil {
 			b.Fatal(err)
 		}
 		dctx, stop := context.WithCancel(ctx)
 		done := make(chan struct{})
+		var disp0 time.Duration
 		start := func() {
-			d := NewDispatcher(db.DB, DispatcherOptions{PollInterval: 100 * time.Millisecond}, discardLog())
+			disp0 = backendCPU(b, db, dispDB)
+			d := NewDispatcher(dispDB, DispatcherOptions{PollInterval: 100 * time.Millisecond}, discardLog())
 			go func() { defer close(done); d.Run(dctx) }() // returns when dctx ends
 		}
 		delivered.Store(0)
@@ -186,19 +204,20 @@ SELECT count(*) FROM upd`
 			start()
 		}
 		began := time.Now()
-		rate = round(withEvents, []string{string(MessageSent)})
-		during = float64(delivered.Load()) / time.Since(began).Seconds()
+		res.rate, res.pgCPU = round(withEvents, []string{string(MessageSent)})
+		res.during = float64(delivered.Load()) / time.Since(began).Seconds()
 		if !concurrent {
 			start()
 		}
 		waitFor(b, 10*time.Minute, "the webhook backlog to drain", func() bool {
 			return delivered.Load() >= perRound && count(b, db.DB, `SELECT count(*) FROM webhook_tasks`) == 0
 		})
-		drain = float64(perRound) / time.Since(began).Seconds()
+		res.drain = float64(perRound) / time.Since(began).Seconds()
+		res.dispCPU = float64((backendCPU(b, db, dispDB) - disp0).Microseconds()) / perRound
 		stop()
 		<-done
 		mustExec(b, db, `DELETE FROM webhook_endpoints WHERE id = $1`, e.ID)
-		return rate, during, drain
+		return res
 	}
 	median := func(xs []float64) float64 {
 		xs = slices.Clone(xs)
@@ -207,15 +226,19 @@ SELECT count(*) FROM upd`
 	}
 	for b.Loop() {
 		var base, off, writes, on, during, drain []float64
+		var baseCPU, offCPU, writesCPU, dispCPU []float64
 		for r := range rounds {
-			base = append(base, round(plain, nil))
-			off = append(off, round(withEvents, []string{}))
-			w, _, _ := onRound(false)
-			writes = append(writes, w)
-			o, du, dr := onRound(true)
-			on, during, drain = append(on, o), append(during, du), append(drain, dr)
-			b.Logf("round %d: baseline %.0f, off %.0f, on (writes only) %.0f, on %.0f msgs/s; on/off %.2f; webhooks %.0f/s during, %.0f/s until drained",
-				r+1, base[r], off[r], writes[r], on[r], on[r]/off[r], during[r], drain[r])
+			rate, cpu := round(plain, nil)
+			base, baseCPU = append(base, rate), append(baseCPU, cpu)
+			rate, cpu = round(withEvents, []string{})
+			off, offCPU = append(off, rate), append(offCPU, cpu)
+			w := onRound(false)
+			writes, writesCPU, dispCPU = append(writes, w.rate), append(writesCPU, w.pgCPU), append(dispCPU, w.dispCPU)
+			o := onRound(true)
+			on, during, drain = append(on, o.rate), append(during, o.during), append(drain, o.drain)
+			b.Logf("round %d (load %.1f): msgs/s baseline %.0f, off %.0f, on (writes only) %.0f, on %.0f; on/off %.2f; "+
+				"recorder pg_cpu_us/msg baseline %.1f, off %.1f, on %.1f; webhooks/s %.0f during, %.0f until drained; dispatcher pg_cpu_us/webhook %.1f",
+				r+1, loadAvg(), base[r], off[r], writes[r], on[r], on[r]/off[r], baseCPU[r], offCPU[r], writesCPU[r], during[r], drain[r], dispCPU[r])
 		}
 		b.ReportMetric(median(base), "baseline_msgs/s")
 		b.ReportMetric(median(off), "off_msgs/s")
@@ -223,7 +246,71 @@ SELECT count(*) FROM upd`
 		b.ReportMetric(median(on), "on_msgs/s")
 		b.ReportMetric(median(writes)/median(off), "writes_only/off")
 		b.ReportMetric(median(on)/median(off), "on/off")
+		b.ReportMetric(median(offCPU), "off_pg_cpu_us/msg")
+		b.ReportMetric(median(writesCPU), "on_pg_cpu_us/msg")
+		b.ReportMetric(median(offCPU)/median(writesCPU), "cpu_off/on")
+		b.ReportMetric(median(dispCPU), "dispatcher_pg_cpu_us/webhook")
 		b.ReportMetric(median(during), "webhooks/s_during")
 		b.ReportMetric(median(drain), "webhooks/s_to_drain")
 	}
+}
+
+// namedPool opens a pool on db's schema whose connections carry an
+// application_name of their own.
+func namedPool(b *testing.B, db *pgtest.DB, role string, conns int) *sqlx.DB {
+	b.Helper()
+	u, err := url.Parse(db.URL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	q := u.Query()
+	q.Set("application_name", "outbox-bench-"+role+"-"+db.Schema)
+	u.RawQuery = q.Encode()
+	p, err := postgres.Open(context.Background(), u.String(), postgres.Options{MaxOpenConns: conns, MaxIdleConns: conns})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { p.Close() })
+	return p
+}
+
+// backendCPU is the CPU time spent so far by the PostgreSQL backends of
+// pool (user and system, from /proc; 0 when the server is not on this
+// host). Backends that have exited are not counted: the pools keep theirs.
+func backendCPU(b *testing.B, db *pgtest.DB, pool *sqlx.DB) time.Duration {
+	b.Helper()
+	var name string
+	if err := pool.Get(&name, `SELECT current_setting('application_name')`); err != nil {
+		b.Fatal(err)
+	}
+	var pids []int
+	if err := db.Select(&pids, `SELECT pid FROM pg_stat_activity WHERE application_name = $1`, name); err != nil {
+		b.Fatal(err)
+	}
+	var total time.Duration
+	for _, pid := range pids {
+		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// utime and stime: the 14th and 15th fields, in clock ticks (100 a
+		// second), counted after the command's closing parenthesis.
+		f := strings.Fields(string(raw[bytes.LastIndexByte(raw, ')')+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		ut, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		total += time.Duration(ut+st) * 10 * time.Millisecond
+	}
+	return total
+}
+
+func loadAvg() float64 {
+	raw, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(strings.Fields(string(raw))[0], 64)
+	return v
 }
