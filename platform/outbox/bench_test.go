@@ -38,6 +38,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -122,7 +123,7 @@ SELECT count(*) FROM upd`
 	b.Cleanup(rcv.Close)
 
 	// round records perRound messages of a fresh campaign and returns msgs/s.
-	round := func(query string, wanted []string) (rate, pgCPU float64) {
+	round := func(query string, wanted []string) (rate, pgCPU, goCPU float64) {
 		var campaign int64
 		if err := db.GetContext(ctx, &campaign, `INSERT INTO campaigns (name, channel, status, base_template)
 			VALUES ('bench', 'sms', 'sending', 'Hi {first_name}') RETURNING id`); err != nil {
@@ -142,7 +143,7 @@ SELECT count(*) FROM upd`
 		close(work)
 		var wg sync.WaitGroup
 		var failed atomic.Value
-		cpu0 := backendCPU(b, db, recDB)
+		cpu0, go0 := backendCPU(b, db, recDB), processCPU()
 		began := time.Now()
 		for range workers {
 			wg.Go(func() {
@@ -175,17 +176,17 @@ SELECT count(*) FROM upd`
 		}
 		wg.Wait()
 		took := time.Since(began)
-		cpu := backendCPU(b, db, recDB) - cpu0
+		cpu, goUsed := backendCPU(b, db, recDB)-cpu0, processCPU()-go0
 		if err, ok := failed.Load().(error); ok {
 			b.Fatal(err)
 		}
-		return float64(perRound) / took.Seconds(), float64(cpu.Microseconds()) / perRound
+		return float64(perRound) / took.Seconds(), float64(cpu.Microseconds()) / perRound, float64(goUsed.Microseconds()) / perRound
 	}
 
 	// onRound subscribes an endpoint and records a round with events; the
 	// dispatcher runs during the round (concurrent) or only after it, and
 	// the backlog is drained before the next round either way.
-	type onResult struct{ rate, pgCPU, during, drain, dispCPU float64 }
+	type onResult struct{ rate, pgCPU, goCPU, during, drain, dispCPU float64 }
 	onRound := func(concurrent bool) (res onResult) {
 		e, err := NewStore(db.DB).Create(ctx, rcv.URL, []string{string(MessageSent)}, "bench", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
 		if err != nil {
@@ -204,7 +205,7 @@ SELECT count(*) FROM upd`
 			start()
 		}
 		began := time.Now()
-		res.rate, res.pgCPU = round(withEvents, []string{string(MessageSent)})
+		res.rate, res.pgCPU, res.goCPU = round(withEvents, []string{string(MessageSent)})
 		res.during = float64(delivered.Load()) / time.Since(began).Seconds()
 		if !concurrent {
 			start()
@@ -226,19 +227,21 @@ SELECT count(*) FROM upd`
 	}
 	for b.Loop() {
 		var base, off, writes, on, during, drain []float64
-		var baseCPU, offCPU, writesCPU, dispCPU []float64
+		var baseCPU, offCPU, writesCPU, dispCPU, offGo, onGo []float64
 		for r := range rounds {
-			rate, cpu := round(plain, nil)
+			rate, cpu, goCPU := round(plain, nil)
 			base, baseCPU = append(base, rate), append(baseCPU, cpu)
-			rate, cpu = round(withEvents, []string{})
-			off, offCPU = append(off, rate), append(offCPU, cpu)
+			rate, cpu, goCPU = round(withEvents, []string{})
+			off, offCPU, offGo = append(off, rate), append(offCPU, cpu), append(offGo, goCPU)
 			w := onRound(false)
 			writes, writesCPU, dispCPU = append(writes, w.rate), append(writesCPU, w.pgCPU), append(dispCPU, w.dispCPU)
 			o := onRound(true)
-			on, during, drain = append(on, o.rate), append(during, o.during), append(drain, o.drain)
+			on, during, drain, onGo = append(on, o.rate), append(during, o.during), append(drain, o.drain), append(onGo, o.goCPU)
 			b.Logf("round %d (load %.1f): msgs/s baseline %.0f, off %.0f, on (writes only) %.0f, on %.0f; on/off %.2f; "+
-				"recorder pg_cpu_us/msg baseline %.1f, off %.1f, on %.1f; webhooks/s %.0f during, %.0f until drained; dispatcher pg_cpu_us/webhook %.1f",
-				r+1, loadAvg(), base[r], off[r], writes[r], on[r], on[r]/off[r], baseCPU[r], offCPU[r], writesCPU[r], during[r], drain[r], dispCPU[r])
+				"recorder pg_cpu_us/msg baseline %.1f, off %.1f, on %.1f; go_cpu_us/msg off %.1f, on %.1f; "+
+				"webhooks/s %.0f during, %.0f until drained; dispatcher pg_cpu_us/webhook %.1f",
+				r+1, loadAvg(), base[r], off[r], writes[r], on[r], on[r]/off[r], baseCPU[r], offCPU[r], writesCPU[r],
+				offGo[r], onGo[r], during[r], drain[r], dispCPU[r])
 		}
 		b.ReportMetric(median(base), "baseline_msgs/s")
 		b.ReportMetric(median(off), "off_msgs/s")
@@ -304,6 +307,16 @@ func backendCPU(b *testing.B, db *pgtest.DB, pool *sqlx.DB) time.Duration {
 		total += time.Duration(ut+st) * 10 * time.Millisecond
 	}
 	return total
+}
+
+// processCPU is the CPU time this process has used (benchmark, dispatcher
+// and receiver alike).
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func loadAvg() float64 {

@@ -57,9 +57,12 @@ const (
 	// prefetch is how many deliveries per slot a dispatcher claims ahead,
 	// so that a claim serves several deliveries: an endpoint's queue holds
 	// up to prefetch*PerEndpoint tasks, the process's prefetch*Concurrency.
-	prefetch = 4
-	// maxRecordBatch bounds the attempts recorded by one statement.
+	prefetch = 8
+	// maxRecordBatch bounds the attempts recorded by one statement, and
+	// recordLinger how long the recorder waits for more once it has one:
+	// a statement per few attempts would cost more than the attempts.
 	maxRecordBatch = 256
+	recordLinger   = 20 * time.Millisecond
 	// fanOutRounds bounds the fan-out statements of one step.
 	fanOutRounds = 10
 	// recordGrace is how long Run, once ctx has ended, still tries to
@@ -93,8 +96,8 @@ type DispatcherOptions struct {
 	// for retries that came due when nothing wakes it sooner: the most a
 	// new event waits for its first attempt on an idle dispatcher.
 	PollInterval time.Duration
-	// FanOutBatch is how many events one fan-out statement makes tasks of
-	// (at least one outbox row, however large its batch).
+	// FanOutBatch is about how many events one fan-out statement makes
+	// tasks of (whole outbox rows: at least one, however large its batch).
 	FanOutBatch int
 	// Retention is how long attempts are kept in webhook_deliveries;
 	// negative keeps them forever.
@@ -160,6 +163,9 @@ type Dispatcher struct {
 	// A task still queued after staleAfter is released instead of sent,
 	// lest it be delivered here and by another dispatcher at once.
 	lease, staleAfter time.Duration
+
+	mu    sync.Mutex
+	stmts map[string]*sqlx.Stmt // prepared once: the statements run per batch
 }
 
 // NewDispatcher returns a Dispatcher over db; it does nothing until Run.
@@ -169,6 +175,34 @@ func NewDispatcher(db *sqlx.DB, o DispatcherOptions, log *slog.Logger) *Dispatch
 		db: db, o: o, log: log,
 		lease:      (prefetch+1)*o.Timeout + 30*time.Second,
 		staleAfter: prefetch*o.Timeout + 20*time.Second,
+		stmts:      make(map[string]*sqlx.Stmt),
+	}
+}
+
+// prepared returns query prepared on d's pool: the dispatcher's statements
+// run for every few deliveries, and planning their CTEs each time would
+// cost more than running them.
+func (d *Dispatcher) prepared(ctx context.Context, query string) (*sqlx.Stmt, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if st, ok := d.stmts[query]; ok {
+		return st, nil
+	}
+	st, err := d.db.PreparexContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	d.stmts[query] = st
+	return st, nil
+}
+
+// closeStatements closes the prepared statements when Run returns.
+func (d *Dispatcher) closeStatements() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for q, st := range d.stmts {
+		st.Close()
+		delete(d.stmts, q)
 	}
 }
 
@@ -193,10 +227,11 @@ func NewDispatcher(db *sqlx.DB, o DispatcherOptions, log *slog.Logger) *Dispatch
 func (d *Dispatcher) Run(ctx context.Context) {
 	r := &run{
 		d: d, ctx: ctx,
-		results: make(chan result, prefetch*d.o.Concurrency),
+		results: make(chan result, maxRecordBatch),
 		wake:    make(chan struct{}, 1),
 		lanes:   make(map[int64]*lane),
 	}
+	defer d.closeStatements()
 	recordCtx, stopRecording := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopRecording()
 	var recorder, pruner sync.WaitGroup
@@ -224,6 +259,7 @@ func (d *Dispatcher) Run(ctx context.Context) {
 	defer grace.Stop()
 	recorder.Wait()
 	pruner.Wait()
+	d.o.Client.CloseIdleConnections()
 }
 
 // run is the state of one Run.
@@ -249,13 +285,20 @@ type lane struct {
 
 func (l *lane) held() int { return len(l.queue) + l.running }
 
+const enabledSQL = `SELECT id FROM webhook_endpoints WHERE enabled`
+
 // step claims due tasks while there is room, fanning the outbox out when
 // the due tasks run short.
 func (r *run) step(ctx context.Context) error {
 	var endpoints []int64
-	if err := r.d.db.SelectContext(ctx, &endpoints, `SELECT id FROM webhook_endpoints WHERE enabled`); err != nil {
+	st, err := r.d.prepared(ctx, enabledSQL)
+	if err == nil {
+		err = st.SelectContext(ctx, &endpoints)
+	}
+	if err != nil {
 		return postgres.Classify(err, "list enabled webhook endpoints")
 	}
+	r.forget(endpoints)
 	for fanned := 0; ; {
 		ids, room, want := r.room(endpoints)
 		if want > 0 {
@@ -282,6 +325,25 @@ func (r *run) step(ctx context.Context) error {
 		fanned++
 		if n == 0 {
 			return nil
+		}
+	}
+}
+
+// forget releases the queued tasks of endpoints that are no longer enabled
+// (disabled or deleted since they were claimed), so they are not sent.
+func (r *run) forget(enabled []int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for id, l := range r.lanes {
+		if len(l.queue) == 0 || slices.Contains(enabled, id) {
+			continue
+		}
+		for _, t := range l.queue {
+			r.release(t)
+		}
+		l.queue = nil
+		if l.running == 0 {
+			delete(r.lanes, id)
 		}
 	}
 }
@@ -419,7 +481,11 @@ func (d *Dispatcher) fanOut(ctx context.Context) (int, error) {
 		Events int `db:"events"`
 		Tasks  int `db:"tasks"`
 	}
-	if err := d.db.GetContext(ctx, &n, fanOutSQL, d.o.FanOutBatch, d.o.FanOutBatch); err != nil {
+	st, err := d.prepared(ctx, fanOutSQL)
+	if err == nil {
+		err = st.GetContext(ctx, &n, d.o.FanOutBatch, d.o.FanOutBatch)
+	}
+	if err != nil {
 		return 0, postgres.Classify(err, "fan out webhook events")
 	}
 	return n.Events, nil
@@ -467,7 +533,10 @@ type task struct {
 
 func (d *Dispatcher) claim(ctx context.Context, n int, ids, room []int64) ([]task, error) {
 	var tasks []task
-	err := d.db.SelectContext(ctx, &tasks, claimSQL, n, pq.Array(ids), pq.Array(room), d.lease.Seconds())
+	st, err := d.prepared(ctx, claimSQL)
+	if err == nil {
+		err = st.SelectContext(ctx, &tasks, n, pq.Array(ids), pq.Array(room), d.lease.Seconds())
+	}
 	if err != nil {
 		return nil, postgres.Classify(err, "claim webhook deliveries")
 	}
@@ -556,23 +625,26 @@ func transportError(err error) string {
 	return errs.Clip(err.Error())
 }
 
-// record stores attempts in batches: whatever has arrived, up to
-// maxRecordBatch, per statement. It returns when results is closed and
-// drained.
+// record stores attempts in batches: what arrives within recordLinger of
+// the first, up to maxRecordBatch, per statement. It returns when results
+// is closed and drained.
 func (d *Dispatcher) record(ctx context.Context, results <-chan result) {
 	batch := make([]result, 0, maxRecordBatch)
+	linger := time.NewTimer(recordLinger)
+	defer linger.Stop()
 	for r := range results {
 		batch = append(batch[:0], r)
-	drain:
+		linger.Reset(recordLinger)
+	gather:
 		for len(batch) < maxRecordBatch {
 			select {
 			case r, ok := <-results:
 				if !ok {
-					break drain
+					break gather
 				}
 				batch = append(batch, r)
-			default:
-				break drain
+			case <-linger.C:
+				break gather
 			}
 		}
 		d.recordBatch(ctx, batch)
@@ -675,7 +747,11 @@ func (d *Dispatcher) store(ctx context.Context, batch []result) error {
 	for i, id := range order {
 		oks[i] = latest[id]
 	}
-	_, err := d.db.ExecContext(ctx, recordSQL, pq.Array(taskIDs), pq.Array(endpoints), pq.Array(eventIDs),
+	st, err := d.prepared(ctx, recordSQL)
+	if err != nil {
+		return postgres.Classify(err, "prepare record webhook deliveries")
+	}
+	_, err = st.ExecContext(ctx, pq.Array(taskIDs), pq.Array(endpoints), pq.Array(eventIDs),
 		pq.Array(types), pq.Array(attempts), pq.Array(statuses), pq.Array(durations), pq.Array(errTexts),
 		pq.Array(delivered), pq.Array(retryIn), pq.Array(released), pq.Array(order), pq.Array(oks))
 	if err != nil {
@@ -713,7 +789,7 @@ func (d *Dispatcher) disableFailing(ctx context.Context) error {
 	}
 	for _, e := range off {
 		d.log.WarnContext(ctx, "webhook endpoint disabled: every delivery failed for longer than disable_after; its pending events are dropped",
-			"webhook_endpoint_id", e.ID, "url", Redact(e.URL), "failing_since", e.FailingSince.UTC(),
+			"webhook_endpoint_id", e.ID, "url", redact(e.URL), "failing_since", e.FailingSince.UTC(),
 			"disable_after", d.o.DisableAfter.String())
 	}
 	return nil

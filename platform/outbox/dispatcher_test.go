@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/jmoiron/sqlx"
+	"go.uber.org/goleak"
 
 	"github.com/campaignd/dispatch/platform/postgres"
 	"github.com/campaignd/dispatch/platform/postgres/pgtest"
@@ -441,4 +442,53 @@ func mustExec(t testing.TB, db *pgtest.DB, q string, args ...any) {
 	if _, err := db.ExecContext(t.Context(), q, args...); err != nil {
 		t.Fatalf("%s: %v", q, err)
 	}
+}
+
+// TestEndpointDeletedInFlight: deleting an endpoint while its deliveries
+// are in flight and queued drops them without disturbing the recording of
+// another endpoint's.
+func TestEndpointDeletedInFlight(t *testing.T) {
+	t.Parallel()
+	db := newDB(t)
+	gone, kept := newReceiver(t), newReceiver(t)
+	hold := make(chan struct{})
+	gone.hold = hold
+	ep := addEndpoint(t, db.DB, gone, MessageSent)
+	addEndpoint(t, db.DB, kept, MessageSent)
+	emitN(t, db.DB, MessageSent, 100)
+	var logged syncBuffer
+	runDispatcher(t, db.DB, fastOptions(), slog.New(slog.NewTextHandler(&logged, nil)))
+	waitFor(t, 10*time.Second, "deliveries in flight to the endpoint", func() bool { return gone.requestsInFlight() == DefaultPerEndpoint })
+	if err := NewStore(db.DB).Delete(t.Context(), ep.ID); err != nil {
+		t.Fatal(err)
+	}
+	close(hold)
+	waitFor(t, 10*time.Second, "the other endpoint's 100 events", func() bool {
+		return len(kept.okByID()) == 100 && count(t, db.DB, `SELECT count(*) FROM webhook_deliveries`) == 100
+	})
+	if n := count(t, db.DB, `SELECT count(*) FROM webhook_tasks`); n != 0 {
+		t.Errorf("%d tasks left", n)
+	}
+	// Queued tasks of the deleted endpoint were dropped, not sent: at most
+	// those in flight, and a step's worth of queue, reached it.
+	if n := len(gone.snapshot()); n > 2*prefetch*DefaultPerEndpoint {
+		t.Errorf("the deleted endpoint got %d requests", n)
+	}
+	if strings.Contains(logged.String(), "level=ERROR") {
+		t.Errorf("errors logged:\n%s", logged.String())
+	}
+}
+
+// TestRunLeavesNoGoroutines: once Run has returned, nothing it started is
+// left running. Not parallel: goleak sees the whole process.
+func TestRunLeavesNoGoroutines(t *testing.T) {
+	db := newDB(t)
+	rc := newReceiver(t)
+	addEndpoint(t, db.DB, rc, MessageSent)
+	emitN(t, db.DB, MessageSent, 50)
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	stop := runDispatcher(t, db.DB, fastOptions(), nil)
+	waitFor(t, 10*time.Second, "50 deliveries", func() bool { return len(rc.okByID()) == 50 })
+	stop()
+	rc.srv.Close()
 }

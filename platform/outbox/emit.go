@@ -22,8 +22,8 @@ const insertEvent = `INSERT INTO webhook_events (type, data) VALUES ($1, $2)`
 // Emit writes one event of type typ with data (marshalled to JSON; an
 // object by convention) through q, which is the caller's transaction: the
 // event is delivered if and only if that transaction commits. It writes
-// even when no endpoint is subscribed (the dispatcher then has nothing to
-// deliver); hot paths check Subscriptions.Wants first. An unknown type or
+// even when no endpoint is subscribed (the dispatcher then drops the
+// event); hot paths check Subscriptions.Wants first. An unknown type or
 // data that cannot be marshalled is an error and writes nothing.
 func Emit(ctx context.Context, q sqlx.ExtContext, typ EventType, data any) error {
 	if !typ.Valid() {

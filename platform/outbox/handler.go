@@ -75,7 +75,7 @@ func (s *Service) Create(ctx context.Context, in Input) (Created, error) {
 	if err != nil {
 		return Created{}, err
 	}
-	s.log.InfoContext(ctx, "webhook endpoint created", "webhook_endpoint_id", e.ID, "url", Redact(e.URL), "events", e.Events)
+	s.log.InfoContext(ctx, "webhook endpoint created", "webhook_endpoint_id", e.ID, "url", redact(e.URL), "events", e.Events)
 	s.refresh(ctx)
 	return Created{Endpoint: e, Secret: secret}, nil
 }
@@ -94,18 +94,37 @@ func (s *Service) Delete(ctx context.Context, id int64) error {
 	return nil
 }
 
+// DeliveryList is a page of an endpoint's attempts. Like the messages list
+// it has no total count: an endpoint may have millions of attempts, and
+// counting them would cost more than the page.
+type DeliveryList struct {
+	Data       []Delivery   `json:"data"`
+	Pagination DeliveryPage `json:"pagination"`
+}
+
+// DeliveryPage is the pagination block of a DeliveryList; NextCursor is nil
+// on the last page.
+type DeliveryPage struct {
+	Page       int     `json:"page"`
+	PageSize   int     `json:"page_size"`
+	NextCursor *string `json:"next_cursor"`
+}
+
 // Deliveries pages endpoint id's attempts, newest first; r comes from
-// page.Parse with the endpoint's id as its filter. An unknown id is
-// ErrEndpointNotFound.
-func (s *Service) Deliveries(ctx context.Context, id int64, r page.Request) (page.List[Delivery], error) {
+// page.Parse with the endpoint's id as its filter, so a cursor walks one
+// endpoint only. An unknown id is ErrEndpointNotFound.
+func (s *Service) Deliveries(ctx context.Context, id int64, r page.Request) (DeliveryList, error) {
 	if _, err := s.store.Get(ctx, id); err != nil {
-		return page.List[Delivery]{}, err
+		return DeliveryList{}, err
 	}
-	rows, total, err := s.store.Deliveries(ctx, id, r.AfterID, r.Limit(), r.Offset())
+	rows, err := s.store.Deliveries(ctx, id, r.AfterID, r.Limit(), r.Offset())
 	if err != nil {
-		return page.List[Delivery]{}, err
+		return DeliveryList{}, err
 	}
-	return page.New(rows, r, total, func(d Delivery) int64 { return d.ID }), nil
+	l := page.New(rows, r, 0, func(d Delivery) int64 { return d.ID })
+	return DeliveryList{Data: l.Data, Pagination: DeliveryPage{
+		Page: l.Pagination.Page, PageSize: l.Pagination.PageSize, NextCursor: l.Pagination.NextCursor,
+	}}, nil
 }
 
 // refresh updates this replica's subscriptions after a change; a failure
@@ -162,8 +181,8 @@ func typeList() string {
 	return strings.Join(names, ", ")
 }
 
-// Redact returns u with any password replaced, for logs.
-func Redact(u string) string {
+// redact returns u with any password replaced, for logs.
+func redact(u string) string {
 	p, err := url.Parse(u)
 	if err != nil || p.User == nil {
 		return u

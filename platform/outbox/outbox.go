@@ -5,19 +5,22 @@
 // writes the event that reports the change (Emit, EmitMany, or EmitSQL
 // spliced into its own statement) with the same transaction, into
 // webhook_events, so an event exists if and only if its change committed.
-// Nothing else happens on that path: no HTTP, no fan-out, no lookups beyond
-// the in-process Subscriptions cache that lets a hot path skip writing
-// events nobody receives.
+// Message-level events are written as batch rows (one row per statement and
+// type, however many messages it records), so the delivery path pays one
+// small insert per batch. Nothing else happens on that path: no HTTP, no
+// fan-out, no lookups beyond the in-process Subscriptions cache that lets a
+// hot path skip writing events nobody receives.
 //
 // The read side is the Dispatcher, a background loop on any number of
-// replicas: it fans each event out to the enabled endpoints subscribed to
-// its type (webhook_tasks), delivers each (event, endpoint) pair with a
-// per-attempt timeout and bounded concurrency, retries on a non-2xx answer
-// or a timeout along a schedule that lasts more than 24 hours, records
-// every attempt (webhook_deliveries), and disables an endpoint that has
-// failed for days. Delivery is at least once: a pair is done only after a
-// 2xx, so a crash between the 2xx and its record means one more delivery,
-// with the same webhook-id, which receivers use to deduplicate.
+// replicas: it splits the outbox into one task per event and subscribed
+// enabled endpoint (webhook_tasks) at the pace the endpoints take them,
+// delivers each with a per-attempt timeout and bounded concurrency, retries
+// on a non-2xx answer or a timeout along a schedule that lasts more than 24
+// hours, records every attempt (webhook_deliveries), and disables an
+// endpoint that has failed for days. Delivery is at least once: a task is
+// done only after a 2xx, so a crash between the 2xx and its record means one
+// more delivery, with the same webhook-id, which receivers use to
+// deduplicate. Order is not guaranteed.
 //
 // The Handler serves the endpoints API (POST, GET and DELETE
 // /webhook-endpoints, GET /webhook-endpoints/{id}/deliveries), all of it
@@ -72,8 +75,9 @@ func (t EventType) bit() uint32 {
 }
 
 // Event is the body of every webhook: {"id","type","created_at","data"}.
-// ID ("evt_" and 32 hex digits) is also the webhook-id header, the same on
-// every attempt.
+// ID ("evt_" and 32 hex digits: its outbox row's 26 random ones and its
+// index in the row's batch) is also the webhook-id header, the same on
+// every attempt. Data is the JSON its writer gave, as given.
 type Event struct {
 	ID        string          `json:"id"`
 	Type      EventType       `json:"type"`

@@ -101,16 +101,11 @@ LIMIT $3 OFFSET $4`
 
 // Deliveries returns up to limit attempts of endpoint id, newest first,
 // after skipping offset of them or, when afterID is not 0, those with an id
-// of afterID or more; and how many the endpoint has in all. It does not
-// check that the endpoint exists.
-func (s *Store) Deliveries(ctx context.Context, id, afterID int64, limit, offset int) ([]Delivery, int64, error) {
+// of afterID or more. It does not check that the endpoint exists.
+func (s *Store) Deliveries(ctx context.Context, id, afterID int64, limit, offset int) ([]Delivery, error) {
 	rows := []Delivery{}
-	var total int64
-	if err := s.db.GetContext(ctx, &total, `SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = $1`, id); err != nil {
-		return nil, 0, postgres.Classify(err, "count webhook deliveries")
-	}
 	if err := s.db.SelectContext(ctx, &rows, listDeliveries, id, afterID, limit, offset); err != nil {
-		return nil, 0, postgres.Classify(err, "list webhook deliveries")
+		return nil, postgres.Classify(err, "list webhook deliveries")
 	}
-	return rows, total, nil
+	return rows, nil
 }
