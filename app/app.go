@@ -31,6 +31,7 @@ import (
 	"github.com/campaignd/dispatch/platform/auth"
 	"github.com/campaignd/dispatch/platform/channel"
 	"github.com/campaignd/dispatch/platform/metrics"
+	"github.com/campaignd/dispatch/platform/outbox"
 	"github.com/campaignd/dispatch/platform/postgres"
 	"github.com/campaignd/dispatch/platform/redisx"
 )
@@ -68,8 +69,12 @@ type App struct {
 	// connections, so /health answers while the main pool is saturated.
 	probeGate *throttle.Gate
 	receipts  *messaging.Receipts // delivery receipts, applied in batches
-	webhooks  *messaging.Webhooks // the providers' callbacks
-	metrics   *metrics.Registry
+	// subscriptions caches which webhook event types some endpoint wants;
+	// hooks is the endpoints API.
+	subscriptions *outbox.Subscriptions
+	hooks         *outbox.Service
+	webhooks      *messaging.Webhooks // the providers' callbacks
+	metrics       *metrics.Registry
 
 	// testSends delivers test sends; Run fails those a crash cut off.
 	testSends *messaging.TestSender
@@ -184,7 +189,12 @@ func (a *App) wire() error {
 	a.customers = customer.NewService(customer.NewRepo(a.db), cfg.Customers.DefaultRegion)
 
 	jobs := queue.New(a.rdb, cfg.Redis.KeyPrefix, cfg.Queue.Name)
-	msgRepo := messaging.NewRepo(a.db)
+	// Outbound webhooks: features write events in their own transactions
+	// (the recorder and receipts only the types some endpoint wants); the
+	// dispatcher delivers them, off the delivery path.
+	a.subscriptions = outbox.NewSubscriptions(a.db, a.log.With("component", "webhooks"))
+	a.hooks = outbox.NewService(outbox.NewStore(a.db), a.subscriptions, a.log.With("component", "webhooks"))
+	msgRepo := messaging.NewRepo(a.db).WithEventTypes(a.subscriptions.Types)
 	a.messaging = messaging.NewService(msgRepo, jobs, messaging.MaintenanceOptions{
 		PromoteInterval: cfg.Sweeper.PromoteInterval,
 		ReapInterval:    cfg.Worker.HeartbeatInterval,
@@ -202,8 +212,9 @@ func (a *App) wire() error {
 	// A receipt saying the recipient blocked us opts them out as a STOP
 	// reply does: the opt-out, then their pending messages cancelled.
 	a.receipts = messaging.NewReceipts(a.db, messaging.ReceiptOptions{
-		OnOptOut:  messaging.OptOutHook(a.db, a.customers, a.log.With("component", "receipts")),
-		OnApplied: a.metrics.Outcomes,
+		OnOptOut:   messaging.OptOutHook(a.db, a.customers, a.log.With("component", "receipts")),
+		OnApplied:  a.metrics.Outcomes,
+		EventTypes: a.subscriptions.Types,
 	}, a.log.With("component", "receipts"))
 	a.webhooks = messaging.NewWebhooks(messaging.WebhookOptions{
 		PublicBaseURL:    cfg.PublicBaseURL,
@@ -286,8 +297,12 @@ func (a *App) Run(ctx context.Context) error {
 	loopCtx, stopLoops := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopLoops()
 	var loops sync.WaitGroup
-	loops.Go(func() { a.messaging.RunMaintenance(loopCtx) })                            // returns when loopCtx ends
-	loops.Go(func() { a.receipts.Run(loopCtx) })                                        // returns when loopCtx ends
+	loops.Go(func() { a.messaging.RunMaintenance(loopCtx) }) // returns when loopCtx ends
+	loops.Go(func() { a.receipts.Run(loopCtx) })             // returns when loopCtx ends
+	loops.Go(func() { a.subscriptions.Run(loopCtx, 0) })     // returns when loopCtx ends
+	loops.Go(func() {                                        // returns when loopCtx ends
+		outbox.NewDispatcher(a.db, outbox.DispatcherOptions{}, a.log.With("component", "webhooks")).Run(loopCtx)
+	})
 	loops.Go(func() { a.messaging.RunFeeder(loopCtx) })                                 // returns when loopCtx ends
 	loops.Go(func() { a.messaging.RunMaterializer(loopCtx, a.cfg.Sweeper.Interval) })   // returns when loopCtx ends
 	loops.Go(func() { a.campaigns.RunFinisher(loopCtx, a.cfg.Sweeper.FinishInterval) }) // returns when loopCtx ends

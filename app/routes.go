@@ -15,6 +15,7 @@ import (
 	"github.com/campaignd/dispatch/messaging/template"
 	"github.com/campaignd/dispatch/platform/auth"
 	"github.com/campaignd/dispatch/platform/httpx"
+	"github.com/campaignd/dispatch/platform/outbox"
 	"github.com/campaignd/dispatch/platform/ratelimit"
 )
 
@@ -92,6 +93,7 @@ func (a *App) routes() (*echo.Echo, error) {
 	campaign.NewHandler(a.campaigns).Register(e)
 	messaging.NewHandler(a.messaging.Repo()).WithLogger(a.log.With("component", "messages")).Register(e)
 	a.webhooks.Register(e)
+	outbox.NewHandler(a.hooks).Register(e)
 	return e, nil
 }
 

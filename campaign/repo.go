@@ -148,7 +148,12 @@ HAVING sum(cancelled_unmaterialised) > 0`
 // Stats counts campaign id's messages by status. A campaign with no messages,
 // or no campaign at all, has zero counts: callers check existence first.
 func (r *Repo) Stats(ctx context.Context, id int64) (Stats, error) {
-	rows, err := r.db.QueryContext(ctx, statsSQL, id)
+	return statsOne(ctx, r.db, id)
+}
+
+// statsOne is Stats through q, a transaction or the pool.
+func statsOne(ctx context.Context, q sqlx.QueryerContext, id int64) (Stats, error) {
+	rows, err := q.QueryContext(ctx, statsSQL, id)
 	if err != nil {
 		return Stats{}, postgres.Classify(err, fmt.Sprintf("stats of campaign %d", id))
 	}

@@ -95,12 +95,21 @@ type errFailCampaign struct{ reason string }
 
 func (e errFailCampaign) Error() string { return e.reason }
 
-// failScheduled marks a still-scheduled campaign failed with reason.
+// failScheduled marks a still-scheduled campaign failed with reason, and
+// emits its campaign.finished event in the same transaction.
 func (r *Repo) failScheduled(ctx context.Context, id int64, reason string) error {
-	_, err := r.db.ExecContext(ctx, `
+	return postgres.InTx(ctx, r.db, func(tx *sqlx.Tx) error {
+		res, err := tx.ExecContext(ctx, `
 UPDATE campaigns SET status = 'failed', status_reason = $2, finished_at = now(), updated_at = now()
 WHERE id = $1 AND status = 'scheduled'`, id, reason)
-	return postgres.Classify(err, fmt.Sprintf("fail campaign %d", id))
+		if err != nil {
+			return postgres.Classify(err, fmt.Sprintf("fail campaign %d", id))
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return nil
+		}
+		return emitStatus(ctx, tx, id, StatusFailed, &reason)
+	})
 }
 
 // RunScheduler dispatches due campaigns at once and then every interval

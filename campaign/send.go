@@ -292,7 +292,10 @@ SET status = $2::text, status_reason = $3, updated_at = now(),
                        ELSE finished_at END
 WHERE id = $1`,
 		id, status, reason)
-	return postgres.Classify(err, fmt.Sprintf("set campaign %d %s", id, status))
+	if err != nil {
+		return postgres.Classify(err, fmt.Sprintf("set campaign %d %s", id, status))
+	}
+	return emitStatus(ctx, tx, id, status, reason)
 }
 
 // Finish moves every sending campaign whose messages are all final to sent
@@ -305,7 +308,23 @@ WHERE id = $1`,
 // open, nor does a sent one make it sent.
 func (r *Repo) Finish(ctx context.Context) ([]Finished, error) {
 	var out []Finished
-	err := r.db.SelectContext(ctx, &out, `
+	err := postgres.InTx(ctx, r.db, func(tx *sqlx.Tx) error {
+		out = out[:0]
+		if err := tx.SelectContext(ctx, &out, finishSQL); err != nil {
+			return postgres.Classify(err, "finish campaigns")
+		}
+		// Each campaign.finished event commits with its campaign's change.
+		for _, f := range out {
+			if err := emitStatus(ctx, tx, f.ID, f.Status, nil); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+const finishSQL = `
 UPDATE campaigns k
 SET status = CASE WHEN EXISTS (SELECT 1 FROM outbound_messages m WHERE m.campaign_id = k.id AND m.status IN ('sent', 'delivered', 'undelivered') AND NOT m.test)
                   THEN 'sent' ELSE 'failed' END,
@@ -315,9 +334,7 @@ WHERE k.status = 'sending'
                   WHERE m.campaign_id = k.id AND m.status IN ('pending', 'sending') AND NOT m.test)
   AND NOT EXISTS (SELECT 1 FROM dispatch_batches b
                   WHERE b.campaign_id = k.id AND b.filter IS NOT NULL)
-RETURNING k.id, k.status`)
-	return out, postgres.Classify(err, "finish campaigns")
-}
+RETURNING k.id, k.status`
 
 // Finished is a campaign Finish completed.
 type Finished struct {

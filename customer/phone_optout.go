@@ -42,13 +42,16 @@ func (s *Service) OptInPhone(ctx context.Context, phone string, ch channel.Chann
 // optOutPhoneSQL finds the customer by phone (customers_phone_key) and
 // records the opt-out in one statement; an existing opt-out is kept as it
 // is.
-const optOutPhoneSQL = `
+var optOutPhoneSQL = `
 WITH c AS (
     SELECT id FROM customers WHERE phone = $1
 ), ins AS (
     INSERT INTO customer_opt_outs (customer_id, channel)
     SELECT id, $2 FROM c
     ON CONFLICT (customer_id, channel) DO NOTHING
+    RETURNING customer_id, channel
+), ev AS (
+    ` + optedOutEventSQL + `
 )
 SELECT EXISTS (SELECT 1 FROM c)`
 

@@ -11,6 +11,7 @@ import (
 	"github.com/lib/pq"
 
 	"github.com/campaignd/dispatch/platform/channel"
+	"github.com/campaignd/dispatch/platform/outbox"
 	"github.com/campaignd/dispatch/platform/postgres"
 )
 
@@ -229,10 +230,21 @@ func (r *Repo) attachOptOuts(ctx context.Context, cs []Customer) error {
 const optOutCustomerFK = "customer_opt_outs_customer_id_fkey"
 
 // optOutSQL does nothing when the opt-out exists, which makes OptOut
-// idempotent without a read first.
-const optOutSQL = `
-INSERT INTO customer_opt_outs (customer_id, channel) VALUES ($1, $2)
-ON CONFLICT (customer_id, channel) DO NOTHING`
+// idempotent without a read first. A new opt-out writes its
+// customer.opted_out webhook event in the same statement.
+var optOutSQL = `
+WITH ins AS (
+    INSERT INTO customer_opt_outs (customer_id, channel) VALUES ($1, $2)
+    ON CONFLICT (customer_id, channel) DO NOTHING
+    RETURNING customer_id, channel
+)
+` + optedOutEventSQL
+
+// optedOutEventSQL writes a customer.opted_out event per row of ins, the
+// opt-outs the statement inserted (an existing one emits nothing again).
+var optedOutEventSQL = outbox.EmitSQL("ins", "'"+string(outbox.CustomerOptedOut)+"'",
+	"json_build_object('customer_id', ins.customer_id, 'channel', ins.channel)",
+	"ARRAY['"+string(outbox.CustomerOptedOut)+"']")
 
 // OptOut records that customer id must not be messaged on ch, which must be
 // valid. Opting out again is not an error and keeps the first created_at.

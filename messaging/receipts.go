@@ -17,6 +17,7 @@ import (
 	"github.com/campaignd/dispatch/platform/channel"
 	"github.com/campaignd/dispatch/platform/errs"
 	"github.com/campaignd/dispatch/platform/loop"
+	"github.com/campaignd/dispatch/platform/outbox"
 	"github.com/campaignd/dispatch/platform/postgres"
 )
 
@@ -45,6 +46,10 @@ type ReceiptOptions struct {
 	// provider receipts moved to outcome (delivered or undelivered), for
 	// the metrics.
 	OnApplied func(ch, provider, outcome string, n int)
+	// EventTypes lists the webhook event types some endpoint receives
+	// (outbox.Subscriptions.Types); nil: none. A receipt's move writes its
+	// message.delivered or message.undelivered event when listed.
+	EventTypes func() []string
 }
 
 func (o *ReceiptOptions) defaults() {
@@ -258,7 +263,7 @@ func (r *Receipts) commit(ctx context.Context, batch []*receiptWaiter) {
 		if inserted, err = insertReceipts(ctx, tx, rows); err != nil {
 			return err
 		}
-		res, err = applyReceipts(ctx, tx, rows)
+		res, err = applyReceipts(ctx, tx, rows, r.wantedEvents())
 		return err
 	})
 	if err == nil {
@@ -321,7 +326,7 @@ func insertReceipts(ctx context.Context, tx *sqlx.Tx, rows []provider.Receipt) (
 // provider's retry of a receipt whose opt-out was lost to a crash).
 // Receipts whose id matches no such message stay unapplied, for the
 // periodic pass.
-const applyReceiptsSQL = `
+var applyReceiptsSQL = `
 WITH keys AS (
     SELECT provider, provider_message_id, bool_or(opt_out) AS opt_out
     FROM unnest($1::text[], $2::text[], $3::bool[]) AS k(provider, provider_message_id, opt_out)
@@ -352,7 +357,12 @@ WITH keys AS (
         updated_at = now()
     FROM win w
     WHERE m.id = w.message_id AND m.status = 'sent'
-    RETURNING m.id, m.provider, m.status, m.campaign_id
+    RETURNING m.id, m.provider, m.status, m.campaign_id, m.customer_id, m.provider_message_id, m.last_error,
+              m.delivered_at
+), events AS (
+    -- message.delivered and message.undelivered for the webhook endpoints
+    -- that want them ($4), committed with the moves.
+    ` + receiptEventsSQL + `
 ), tally AS (
     SELECT mv.provider, k.channel, mv.status, count(*) AS n
     FROM moved mv JOIN campaigns k ON k.id = mv.campaign_id
@@ -375,6 +385,13 @@ SELECT (SELECT count(*) FROM moved) AS moved,
        ARRAY(SELECT channel FROM opted ORDER BY phone, channel) AS channels,
        ARRAY(SELECT provider || ' ' || channel || ' ' || status || ' ' || n FROM tally) AS tallies`
 
+// receiptEventsSQL writes the events of the messages moved, which returns
+// the columns the data names, when $4 lists their type.
+var receiptEventsSQL = outbox.EmitSQL("moved", "'message.' || moved.status",
+	`json_build_object('message_id', moved.id, 'campaign_id', moved.campaign_id, 'customer_id', moved.customer_id,
+        'status', moved.status, 'provider', moved.provider, 'provider_message_id', moved.provider_message_id,
+        'error', moved.last_error, 'delivered_at', moved.delivered_at)`, "$4")
+
 // applyResult is what one apply did.
 type applyResult struct {
 	moved   int64 // messages moved to delivered or undelivered
@@ -390,7 +407,7 @@ type phoneOptOut struct {
 
 // applyReceipts runs applyReceiptsSQL for rows' messages; only rows'
 // Provider, MessageID and OptOut are read.
-func applyReceipts(ctx context.Context, q sqlx.QueryerContext, rows []provider.Receipt) (applyResult, error) {
+func applyReceipts(ctx context.Context, q sqlx.QueryerContext, rows []provider.Receipt, wanted []string) (applyResult, error) {
 	n := len(rows)
 	providers, ids, optOuts := make([]string, n), make([]string, n), make([]bool, n)
 	for i, rc := range rows {
@@ -400,7 +417,7 @@ func applyReceipts(ctx context.Context, q sqlx.QueryerContext, rows []provider.R
 		res              applyResult
 		phones, channels pq.StringArray
 	)
-	err := q.QueryRowxContext(ctx, applyReceiptsSQL, pq.Array(providers), pq.Array(ids), pq.Array(optOuts)).
+	err := q.QueryRowxContext(ctx, applyReceiptsSQL, pq.Array(providers), pq.Array(ids), pq.Array(optOuts), pq.StringArray(wanted)).
 		Scan(&res.moved, &res.marked, &phones, &channels, (*pq.StringArray)(&res.tallies))
 	if err != nil {
 		return applyResult{}, postgres.Classify(err, "apply delivery receipts")
@@ -495,7 +512,7 @@ func (r *Receipts) retryUnapplied(ctx context.Context) error {
 		for i, u := range page {
 			rows[i] = provider.Receipt{Provider: u.Provider, MessageID: u.ProviderMessageID}
 		}
-		res, err := applyReceipts(ctx, r.db, rows)
+		res, err := applyReceipts(ctx, r.db, rows, r.wantedEvents())
 		if err != nil {
 			return err
 		}
@@ -522,4 +539,12 @@ func (r *Receipts) observe(tallies []string) {
 			r.opts.OnApplied(ch, prov, status, n)
 		}
 	}
+}
+
+// wantedEvents is the event types to write.
+func (r *Receipts) wantedEvents() []string {
+	if r.opts.EventTypes == nil {
+		return nil
+	}
+	return r.opts.EventTypes()
 }

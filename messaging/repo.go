@@ -11,12 +11,16 @@ import (
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
 
+	"github.com/campaignd/dispatch/platform/outbox"
 	"github.com/campaignd/dispatch/platform/postgres"
 )
 
 // Repo is the outbound_messages table's only writer.
 type Repo struct {
 	db *sqlx.DB
+	// eventTypes lists the webhook event types some endpoint receives
+	// (outbox.Subscriptions.Types); nil: none.
+	eventTypes func() []string
 
 	mu    sync.Mutex
 	stmts map[string]*sqlx.Stmt // the worker's per-batch statements, prepared once
@@ -24,6 +28,23 @@ type Repo struct {
 
 // NewRepo returns a Repo over db.
 func NewRepo(db *sqlx.DB) *Repo { return &Repo{db: db, stmts: map[string]*sqlx.Stmt{}} }
+
+// WithEventTypes makes the recorder write message.sent and message.failed
+// webhook events, in the statement that records the outcomes, when types
+// (the event types some endpoint receives) lists them.
+func (r *Repo) WithEventTypes(types func() []string) *Repo {
+	r.eventTypes = types
+	return r
+}
+
+// wantedEvents is the text[] parameter of the statements that emit
+// message events.
+func (r *Repo) wantedEvents() any {
+	if r.eventTypes == nil {
+		return pq.StringArray{}
+	}
+	return pq.StringArray(r.eventTypes())
+}
 
 // prepared returns query prepared on db, preparing it on first use. The
 // worker's claim and record run once per batch, many times a second: a
@@ -254,9 +275,10 @@ type Outcome struct {
 }
 
 // recordSQL stores a batch of outcomes and, for the attempts among them,
-// their history rows, in one statement. The unnest arrays are parallel: one
+// their history rows, and the webhook events of the sent and failed ones,
+// in one statement. The unnest arrays are parallel: one
 // element per outcome.
-const recordSQL = `
+var recordSQL = `
 WITH v AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::timestamptz[],
                          $7::text[], $8::text[], $9::int[], $10::text[], $11::text[], $12::text[],
@@ -283,15 +305,27 @@ WITH v AS (
         updated_at = now()
     FROM v
     WHERE m.id = v.id AND m.status = 'sending'
-    RETURNING m.id, m.attempts
+    RETURNING m.id, m.attempts, m.campaign_id, m.customer_id, m.status, m.provider, m.provider_message_id,
+              m.segments, m.last_error, m.sent_at
 ), hist AS (
     INSERT INTO message_attempts (message_id, attempt, started_at, duration_ms, outcome, error, provider_status)
     SELECT u.id, u.attempts, v.started_at, v.duration_ms, v.result, nullif(v.err, ''), nullif(v.provider_status, '')
     FROM upd u JOIN v ON v.id = u.id
     WHERE v.attempted
     ON CONFLICT (message_id, attempt) DO NOTHING
+), events AS (
+    -- message.sent and message.failed for the webhook endpoints that want
+    -- them ($17), committed with the outcomes: one outbox row per type.
+    ` + messageEventsSQL + `
 )
 SELECT id FROM upd`
+
+// messageEventsSQL writes the message.* events of the rows of upd, which
+// returns the columns the data names, when $17 lists their type.
+var messageEventsSQL = outbox.EmitSQL("upd", "'message.' || upd.status",
+	`json_build_object('message_id', upd.id, 'campaign_id', upd.campaign_id, 'customer_id', upd.customer_id,
+        'status', upd.status, 'provider', upd.provider, 'provider_message_id', upd.provider_message_id,
+        'segments', upd.segments, 'error', upd.last_error, 'sent_at', upd.sent_at)`, "$17")
 
 // Record stores a batch of outcomes with one statement. The update is
 // guarded by status = 'sending', so an outcome for a message that was
@@ -334,7 +368,8 @@ func (r *Repo) Record(ctx context.Context, outcomes []Outcome) (skipped []int64,
 	err = st.SelectContext(ctx, &stored, pq.Array(ids), pq.Array(statuses), pq.Array(contents),
 		pq.Array(errsText), pq.Array(attempted), pq.Array(timeArray(next)),
 		pq.Array(providers), pq.Array(providerIDs), pq.Array(segments), pq.Array(encodings), pq.Array(costs), pq.Array(currencies),
-		pq.Array(timeArray(started)), pq.Array(durations), pq.Array(results), pq.Array(providerStatuses))
+		pq.Array(timeArray(started)), pq.Array(durations), pq.Array(results), pq.Array(providerStatuses),
+		r.wantedEvents())
 	if err != nil || len(stored) == n {
 		return nil, postgres.Classify(err, "record outcomes")
 	}
