@@ -301,7 +301,9 @@ func (a *App) Run(ctx context.Context) error {
 	loops.Go(func() { a.receipts.Run(loopCtx) })             // returns when loopCtx ends
 	loops.Go(func() { a.subscriptions.Run(loopCtx, 0) })     // returns when loopCtx ends
 	loops.Go(func() {                                        // returns when loopCtx ends
-		outbox.NewDispatcher(a.db, outbox.DispatcherOptions{}, a.log.With("component", "webhooks")).Run(loopCtx)
+		outbox.NewDispatcher(a.db, outbox.DispatcherOptions{
+			Timeout: a.cfg.Webhooks.Timeout, DisableAfter: a.cfg.Webhooks.DisableAfter,
+		}, a.log.With("component", "webhooks")).Run(loopCtx)
 	})
 	loops.Go(func() { a.messaging.RunFeeder(loopCtx) })                                 // returns when loopCtx ends
 	loops.Go(func() { a.messaging.RunMaterializer(loopCtx, a.cfg.Sweeper.Interval) })   // returns when loopCtx ends

@@ -133,6 +133,10 @@ type Config struct {
 		WhatsAppFrom        string `mapstructure:"whatsapp_from"`
 		Rate                int    `mapstructure:"rate"`
 	} `mapstructure:"twilio"`
+	Webhooks struct {
+		Timeout      time.Duration `mapstructure:"timeout"`
+		DisableAfter time.Duration `mapstructure:"disable_after"`
+	} `mapstructure:"webhooks"`
 	ErrorBrake struct {
 		Window    int     `mapstructure:"window"`
 		Threshold float64 `mapstructure:"threshold"`
@@ -362,6 +366,9 @@ func (c Config) Validate() error {
 	}
 	if c.AfricasTalking.Rate < 0 || c.Twilio.Rate < 0 {
 		bad("africastalking.rate and twilio.rate (AFRICASTALKING_RATE, TWILIO_RATE) must not be negative")
+	}
+	if c.Webhooks.Timeout <= 0 || c.Webhooks.DisableAfter < time.Hour {
+		bad("webhooks.timeout (WEBHOOKS_TIMEOUT) must be positive and webhooks.disable_after (WEBHOOKS_DISABLE_AFTER) at least 1h")
 	}
 	if c.ErrorBrake.Window < 0 || c.ErrorBrake.Threshold <= 0 || c.ErrorBrake.Threshold > 1 {
 		bad("error_brake.window (ERROR_BRAKE_WINDOW) must be 0 (off) or more, and error_brake.threshold (ERROR_BRAKE_THRESHOLD) in (0, 1]")
