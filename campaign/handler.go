@@ -28,8 +28,8 @@ func NewHandler(svc *Service) *Handler {
 func (h *Handler) Register(e *echo.Echo) {
 	e.POST("/campaigns", h.create)
 	e.GET("/campaigns", h.list)
-	e.GET("/campaigns/:id", h.get)
-	e.POST("/campaigns/:id/personalized-preview", withBody(http.StatusOK, h.svc.Preview))
+	e.GET("/campaigns/:id", httpx.ByID(http.StatusOK, h.svc.Get))
+	e.POST("/campaigns/:id/personalized-preview", httpx.ByIDWithBody(http.StatusOK, h.svc.Preview))
 	e.PATCH("/campaigns/:id", h.update)
 	if h.svc.dispatcher != nil {
 		e.POST("/campaigns/:id/send", h.send)
@@ -41,11 +41,11 @@ func (h *Handler) Register(e *echo.Echo) {
 	if h.svc.estimator != nil {
 		// 200 with what a send of the same body would create and cost; it
 		// creates nothing.
-		e.POST("/campaigns/:id/estimate", withBody(http.StatusOK, h.svc.Estimate))
+		e.POST("/campaigns/:id/estimate", httpx.ByIDWithBody(http.StatusOK, h.svc.Estimate))
 	}
 	if h.svc.testSends.sender != nil {
 		// 202 with the test message, stored and being delivered.
-		e.POST("/campaigns/:id/test-send", withBody(http.StatusAccepted, h.svc.TestSend))
+		e.POST("/campaigns/:id/test-send", httpx.ByIDWithBody(http.StatusAccepted, h.svc.TestSend))
 	}
 }
 
@@ -150,38 +150,4 @@ func (h *Handler) list(c echo.Context) error {
 		return err
 	}
 	return c.JSON(http.StatusOK, list)
-}
-
-// get serves GET /campaigns/{id}: the campaign plus "stats".
-func (h *Handler) get(c echo.Context) error {
-	id, err := httpx.PathID(c, "id")
-	if err != nil {
-		return err
-	}
-	d, err := h.svc.Get(c.Request().Context(), id)
-	if err != nil {
-		return err
-	}
-	return c.JSON(http.StatusOK, d)
-}
-
-// withBody serves POST /campaigns/{id}/<action> whose JSON body is an In
-// (personalized-preview, estimate, test-send): it answers status with what
-// do returns.
-func withBody[In, Out any](status int, do func(ctx context.Context, id int64, in In) (Out, error)) echo.HandlerFunc {
-	return func(c echo.Context) error {
-		id, err := httpx.PathID(c, "id")
-		if err != nil {
-			return err
-		}
-		var in In
-		if err := httpx.BindJSON(c, &in); err != nil {
-			return err
-		}
-		out, err := do(c.Request().Context(), id, in)
-		if err != nil {
-			return err
-		}
-		return c.JSON(status, out)
-	}
 }

@@ -75,7 +75,7 @@ func NewHandler(svc *Service, opts HandlerOptions) *Handler {
 //	DELETE /customers/:id/opt-out  ?channel=sms (or the same body): opt back in → 200 with the customer
 func (h *Handler) Register(e *echo.Echo) {
 	e.GET("/customers", h.list)
-	e.GET("/customers/:id", h.get)
+	e.GET("/customers/:id", httpx.ByID(http.StatusOK, h.svc.Get))
 	e.PATCH("/customers/:id", h.update)
 	e.DELETE("/customers/:id", h.erase)
 	e.POST("/customers", h.create)
@@ -102,18 +102,6 @@ func (h *Handler) list(c echo.Context) error {
 		return err
 	}
 	return c.JSON(http.StatusOK, res)
-}
-
-func (h *Handler) get(c echo.Context) error {
-	id, err := httpx.PathID(c, "id")
-	if err != nil {
-		return err
-	}
-	cust, err := h.svc.Get(c.Request().Context(), id)
-	if err != nil {
-		return err
-	}
-	return c.JSON(http.StatusOK, cust)
 }
 
 func (h *Handler) create(c echo.Context) error {

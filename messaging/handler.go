@@ -45,7 +45,7 @@ func (h *Handler) WithLogger(log *slog.Logger) *Handler {
 func (h *Handler) Register(e *echo.Echo) {
 	e.GET("/campaigns/:id/messages", h.list)
 	e.GET("/campaigns/:id/messages.csv", h.export)
-	e.GET("/messages/:id", h.get)
+	e.GET("/messages/:id", httpx.ByID(http.StatusOK, h.repo.GetMessage))
 }
 
 // list serves GET /campaigns/{id}/messages?status=&phone=&test=&page_size=&cursor=.
@@ -74,19 +74,6 @@ func (h *Handler) list(c echo.Context) error {
 		return err
 	}
 	return c.JSON(http.StatusOK, list)
-}
-
-// get serves GET /messages/{id}.
-func (h *Handler) get(c echo.Context) error {
-	id, err := httpx.PathID(c, "id")
-	if err != nil {
-		return err
-	}
-	d, err := h.repo.GetMessage(c.Request().Context(), id)
-	if err != nil {
-		return err
-	}
-	return c.JSON(http.StatusOK, d)
 }
 
 // exportWriteWindow is how long the client has to take each flushed chunk
