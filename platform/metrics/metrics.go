@@ -106,45 +106,39 @@ func New(opts Options) *Registry {
 		r.reg.MustRegister(collectors.NewDBStatsCollector(opts.DB, opts.DBName))
 	}
 	if opts.Depths != nil {
-		r.reg.MustRegister(depthCollector{
-			src: opts.Depths,
+		r.reg.MustRegister(scrapedGauge{
+			what: "queue depths",
 			desc: prometheus.NewDesc("dispatch_queue_depth",
 				"Jobs in each part of the queue: ready, processing, delayed, dead.", []string{"state"}, nil),
+			read: func(ctx context.Context) (map[string]float64, error) {
+				depths, err := opts.Depths.Depths(ctx)
+				out := make(map[string]float64, len(depths))
+				for state, n := range depths {
+					out[state] = float64(n)
+				}
+				return out, err
+			},
 		})
 	}
 	if opts.Brakes != nil {
-		r.reg.MustRegister(brakeCollector{
-			src: opts.Brakes,
+		r.reg.MustRegister(scrapedGauge{
+			what: "provider brakes",
 			desc: prometheus.NewDesc("dispatch_provider_braked",
 				"1 while the provider is braked for every replica after an account-level failure, else 0.", []string{"provider"}, nil),
+			read: func(ctx context.Context) (map[string]float64, error) {
+				brakes, err := opts.Brakes.Braked(ctx)
+				out := make(map[string]float64, len(brakes))
+				for provider, on := range brakes {
+					out[provider] = 0
+					if on {
+						out[provider] = 1
+					}
+				}
+				return out, err
+			},
 		})
 	}
 	return r
-}
-
-// brakeCollector reads the providers' brakes when scraped.
-type brakeCollector struct {
-	src  BrakeSource
-	desc *prometheus.Desc
-}
-
-func (c brakeCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
-
-func (c brakeCollector) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), depthTimeout)
-	defer cancel()
-	brakes, err := c.src.Braked(ctx)
-	if err != nil {
-		ch <- prometheus.NewInvalidMetric(c.desc, fmt.Errorf("read provider brakes: %w", err))
-		return
-	}
-	for provider, on := range brakes {
-		v := 0.0
-		if on {
-			v = 1
-		}
-		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, v, provider)
-	}
 }
 
 // Handler serves the metrics in the Prometheus text format (or OpenMetrics,
@@ -228,24 +222,26 @@ func (r *Registry) DeliveryTook(provider string, d time.Duration) {
 // Busy implements messaging.Observer.
 func (r *Registry) Busy(delta int) { r.busy.Add(float64(delta)) }
 
-// depthCollector reads the queue depths when scraped, so the gauges are
-// never stale and cost nothing between scrapes.
-type depthCollector struct {
-	src  DepthSource
+// scrapedGauge is a gauge with one label, read when scraped (within
+// depthTimeout), so it is never stale and costs nothing between scrapes. A
+// failed read leaves it out of that scrape, with the error logged.
+type scrapedGauge struct {
+	what string // what read reads, for the error
 	desc *prometheus.Desc
+	read func(ctx context.Context) (map[string]float64, error)
 }
 
-func (c depthCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (g scrapedGauge) Describe(ch chan<- *prometheus.Desc) { ch <- g.desc }
 
-func (c depthCollector) Collect(ch chan<- prometheus.Metric) {
+func (g scrapedGauge) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), depthTimeout)
 	defer cancel()
-	depths, err := c.src.Depths(ctx)
+	values, err := g.read(ctx)
 	if err != nil {
-		ch <- prometheus.NewInvalidMetric(c.desc, fmt.Errorf("read queue depths: %w", err))
+		ch <- prometheus.NewInvalidMetric(g.desc, fmt.Errorf("read %s: %w", g.what, err))
 		return
 	}
-	for state, n := range depths {
-		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), state)
+	for label, v := range values {
+		ch <- prometheus.MustNewConstMetric(g.desc, prometheus.GaugeValue, v, label)
 	}
 }
