@@ -12,10 +12,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jmoiron/sqlx"
-
 	"github.com/campaignd/dispatch/messaging/provider"
-	"github.com/campaignd/dispatch/platform/postgres"
 )
 
 // Name is the mock's provider name in metrics, logs and stored messages.
@@ -154,33 +151,4 @@ func (l *MemoryLedger) Delivered() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return len(l.delivered)
-}
-
-// PostgresLedger keeps the mock provider's deliveries in the mock_deliveries
-// table, so they survive a restart and crash tests can count deliveries per
-// message across process deaths.
-type PostgresLedger struct{ db *sqlx.DB }
-
-// NewPostgresLedger returns a ledger over db.
-func NewPostgresLedger(db *sqlx.DB) *PostgresLedger { return &PostgresLedger{db: db} }
-
-// Seen implements Ledger.
-func (l *PostgresLedger) Seen(ctx context.Context, key int64) (bool, error) {
-	res, err := l.db.ExecContext(ctx, `UPDATE mock_deliveries SET calls = calls + 1 WHERE message_id = $1`, key)
-	if err != nil {
-		return false, postgres.Classify(err, "mock ledger")
-	}
-	n, err := res.RowsAffected()
-	return n == 1, err
-}
-
-// Deliver implements Ledger: the first call for a key inserts it; later
-// calls only count themselves.
-func (l *PostgresLedger) Deliver(ctx context.Context, key int64, content string) (bool, error) {
-	var fresh bool
-	err := l.db.GetContext(ctx, &fresh, `
-INSERT INTO mock_deliveries (message_id, content) VALUES ($1, $2)
-ON CONFLICT (message_id) DO UPDATE SET calls = mock_deliveries.calls + 1
-RETURNING (xmax = 0)`, key, content)
-	return fresh, postgres.Classify(err, "mock ledger")
 }
