@@ -317,15 +317,19 @@ func BenchmarkThroughput(b *testing.B) {
 	const seconds = 8
 	for _, c := range []int{50, 200, 1000} {
 		for _, v := range []struct {
-			rate float64
-			ids  bool
-		}{{1, false}, {1, true}, {0.92, false}} {
+			rate     float64
+			ids      bool
+			postgres bool // the default ledger (benchConfig uses the in-memory one)
+		}{{1, false, false}, {1, false, true}, {1, true, false}, {0.92, false, false}} {
 			rate := v.rate
 			name := fmt.Sprintf("concurrency=%d", c)
 			if v.ids || rate < 1 {
 				if c != 1000 {
 					continue // the variants once, at the largest pool
 				}
+			}
+			if v.postgres {
+				name += "/ledger=postgres"
 			}
 			if v.ids {
 				name += "/customer_ids"
@@ -344,6 +348,9 @@ func BenchmarkThroughput(b *testing.B) {
 					cfg := benchConfig(b)
 					cfg.WorkerConcurrency = c
 					cfg.Sender.SuccessRate = rate
+					if v.postgres {
+						cfg.Sender.Ledger = "postgres"
+					}
 					r := runDelivery(b, cfg, n, !v.ids)
 					msgs += r.msgs
 					elapsed += r.elapsed
