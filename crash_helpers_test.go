@@ -101,8 +101,8 @@ func baseCrashVars() map[string]string {
 		"LOG_FORMAT":                "json",
 		"LOG_LEVEL":                 "info",
 		"DATABASE_SEED_ON_START":    "false",
-		"DATABASE_MAX_OPEN_CONNS":   "8", // four parallel tests stay under max_connections=100
-		"DATABASE_MAX_IDLE_CONNS":   "8", // = max open: no connection churn under load
+		"DATABASE_MAX_OPEN_CONNS":   "6", // with the app tests running beside them, stay well under max_connections=100
+		"DATABASE_MAX_IDLE_CONNS":   "6", // = max open: no connection churn under load
 		"WORKER_CONCURRENCY":        "20",
 		"SENDER_LEDGER":             "postgres",
 		"SENDER_SUCCESS_RATE":       "0.8",

@@ -61,8 +61,10 @@ func testConfig(t testing.TB) Config {
 	cfg.Database.URL = pgtest.NewDatabase(t)
 	cfg.Database.SeedOnStart = false
 	// Tests run apps in parallel (and packages in parallel) against one
-	// server with max_connections 100: keep each app's pool small.
-	cfg.Database.MaxOpenConns, cfg.Database.MaxIdleConns = 8, 8
+	// server with max_connections 100, and a test waiting for its parallel
+	// subtests keeps its app while others start theirs (eight at once have
+	// been seen): keep each app's pool small. Probes add 2 of their own.
+	cfg.Database.MaxOpenConns, cfg.Database.MaxIdleConns = 5, 5
 	cfg.Redis.URL = redistest.URL()
 	cfg.Redis.KeyPrefix = prefix
 	cfg.BootstrapAPIKey = testAPIKey
