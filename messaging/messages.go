@@ -183,18 +183,7 @@ func isE164(s string) bool {
 // MessageList is one page of a campaign's messages. There is no total: a
 // campaign may hold millions of messages, and counting them on every page
 // would cost more than the page (the campaign's stats count by status).
-type MessageList struct {
-	Data       []MessageView   `json:"data"`
-	Pagination MessagePageInfo `json:"pagination"`
-}
-
-// MessagePageInfo is the pagination block of a MessageList. NextCursor is
-// null on the last page.
-type MessagePageInfo struct {
-	Page       int     `json:"page"`
-	PageSize   int     `json:"page_size"`
-	NextCursor *string `json:"next_cursor"`
-}
+type MessageList = page.UncountedList[MessageView]
 
 // messageSelect reads the API's message object. It reads campaigns (the
 // channel) and customers (the phone), owned by other features, in a join:
@@ -275,10 +264,7 @@ func (r *Repo) ListMessages(ctx context.Context, campaignID int64, f MessageFilt
 	for i := range rows {
 		rows[i] = rows[i].normalized()
 	}
-	l := page.New(rows, req, 0, func(v MessageView) int64 { return v.ID })
-	return MessageList{Data: l.Data, Pagination: MessagePageInfo{
-		Page: l.Pagination.Page, PageSize: l.Pagination.PageSize, NextCursor: l.Pagination.NextCursor,
-	}}, nil
+	return page.NewUncounted(rows, req, func(v MessageView) int64 { return v.ID }), nil
 }
 
 // checkCampaign returns ErrCampaignNotFound unless campaign id exists.

@@ -97,18 +97,7 @@ func (s *Service) Delete(ctx context.Context, id int64) error {
 // DeliveryList is a page of an endpoint's attempts. Like the messages list
 // it has no total count: an endpoint may have millions of attempts, and
 // counting them would cost more than the page.
-type DeliveryList struct {
-	Data       []Delivery   `json:"data"`
-	Pagination DeliveryPage `json:"pagination"`
-}
-
-// DeliveryPage is the pagination block of a DeliveryList; NextCursor is nil
-// on the last page.
-type DeliveryPage struct {
-	Page       int     `json:"page"`
-	PageSize   int     `json:"page_size"`
-	NextCursor *string `json:"next_cursor"`
-}
+type DeliveryList = page.UncountedList[Delivery]
 
 // Deliveries pages endpoint id's attempts, newest first; r comes from
 // page.Parse with the endpoint's id as its filter, so a cursor walks one
@@ -121,10 +110,7 @@ func (s *Service) Deliveries(ctx context.Context, id int64, r page.Request) (Del
 	if err != nil {
 		return DeliveryList{}, err
 	}
-	l := page.New(rows, r, 0, func(d Delivery) int64 { return d.ID })
-	return DeliveryList{Data: l.Data, Pagination: DeliveryPage{
-		Page: l.Pagination.Page, PageSize: l.Pagination.PageSize, NextCursor: l.Pagination.NextCursor,
-	}}, nil
+	return page.NewUncounted(rows, r, func(d Delivery) int64 { return d.ID }), nil
 }
 
 // refresh updates this replica's subscriptions after a change; a failure

@@ -168,3 +168,25 @@ func New[T any](rows []T, r Request, total int64, id func(T) int64) List[T] {
 	}
 	return List[T]{Data: rows, Pagination: r.Info(total, lastID, hasMore)}
 }
+
+// UncountedInfo is the pagination block of a list too large to count on
+// every page (a campaign's messages, an endpoint's deliveries): no totals.
+type UncountedInfo struct {
+	Page       int     `json:"page"`
+	PageSize   int     `json:"page_size"`
+	NextCursor *string `json:"next_cursor"`
+}
+
+// UncountedList is a list response without totals.
+type UncountedList[T any] struct {
+	Data       []T           `json:"data"`
+	Pagination UncountedInfo `json:"pagination"`
+}
+
+// NewUncounted is New for a list without totals.
+func NewUncounted[T any](rows []T, r Request, id func(T) int64) UncountedList[T] {
+	l := New(rows, r, 0, id)
+	return UncountedList[T]{Data: l.Data, Pagination: UncountedInfo{
+		Page: l.Pagination.Page, PageSize: l.Pagination.PageSize, NextCursor: l.Pagination.NextCursor,
+	}}
+}
