@@ -75,7 +75,9 @@ func New(t testing.TB) *DB {
 	q.Set("search_path", schema) // lib/pq sends unknown keys as run-time parameters
 	u.RawQuery = q.Encode()
 
-	db, err := postgres.Open(ctx, u.String(), postgres.Options{MaxOpenConns: 8})
+	// Small: packages run in parallel, each with tests in parallel, against
+	// one server with max_connections 100.
+	db, err := postgres.Open(ctx, u.String(), postgres.Options{MaxOpenConns: 5})
 	if err != nil {
 		t.Fatalf("open schema %s: %v", schema, err)
 	}
