@@ -2,7 +2,6 @@ package app
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net"
@@ -37,62 +36,6 @@ const (
 	e2eWhatsAppFrom = "+14155238886"
 )
 
-// provStats is a campaign's stats with every status of the contract.
-type provStats struct {
-	Total       int64 `json:"total"`
-	Pending     int64 `json:"pending"`
-	Sending     int64 `json:"sending"`
-	Sent        int64 `json:"sent"`
-	Delivered   int64 `json:"delivered"`
-	Undelivered int64 `json:"undelivered"`
-	Failed      int64 `json:"failed"`
-	Cancelled   int64 `json:"cancelled"`
-}
-
-// provCampaign is GET /campaigns/{id} with the fields these tests read.
-type provCampaign struct {
-	ID           int64     `json:"id"`
-	Status       string    `json:"status"`
-	StatusReason *string   `json:"status_reason"`
-	Stats        provStats `json:"stats"`
-}
-
-// final: no message waits for an attempt or is being attempted.
-func (c provCampaign) final() bool { return c.Stats.Pending == 0 && c.Stats.Sending == 0 }
-
-// settled: final, and every accepted message has its receipt.
-func (c provCampaign) settled() bool { return c.final() && c.Stats.Sent == 0 }
-
-// readProvCampaign gets campaign id and checks that every stats key of the
-// contract is present and that they sum to total.
-func readProvCampaign(t testing.TB, ta *testApp, id int64) provCampaign {
-	t.Helper()
-	var raw json.RawMessage
-	if code := ta.do(t, "GET", fmt.Sprintf("/campaigns/%d", id), nil, &raw); code != http.StatusOK {
-		t.Fatalf("GET /campaigns/%d = %d %s", id, code, raw)
-	}
-	var c provCampaign
-	var keys struct {
-		Stats map[string]json.RawMessage `json:"stats"`
-	}
-	if err := json.Unmarshal(raw, &c); err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(raw, &keys); err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range []string{"total", "pending", "sending", "sent", "delivered", "undelivered", "failed", "cancelled"} {
-		if _, ok := keys.Stats[k]; !ok {
-			t.Errorf("campaign %d stats %s lack %q", id, raw, k)
-		}
-	}
-	s := c.Stats
-	if s.Pending+s.Sending+s.Sent+s.Delivered+s.Undelivered+s.Failed+s.Cancelled != s.Total {
-		t.Errorf("campaign %d stats %+v do not sum to total", id, s)
-	}
-	return c
-}
-
 // pollUntil checks cond every 100ms until it holds, failing the test after
 // timeout. The interval is coarser than waitFor's: several of these tests
 // run at once on a small machine, and each poll costs a stats query.
@@ -108,13 +51,13 @@ func pollUntil(t testing.TB, what string, timeout time.Duration, cond func() boo
 }
 
 // waitProvCampaign polls campaign id until cond holds and returns it.
-func waitProvCampaign(t testing.TB, ta *testApp, id int64, what string, timeout time.Duration, cond func(provCampaign) bool) provCampaign {
+func waitProvCampaign(t testing.TB, ta *testApp, id int64, what string, timeout time.Duration, cond func(campaignState) bool) campaignState {
 	t.Helper()
-	var c provCampaign
+	var c campaignState
 	start := time.Now()
 	deadline := start.Add(timeout)
 	for {
-		c = readProvCampaign(t, ta, id)
+		c = readCampaign(t, ta, id)
 		if cond(c) {
 			t.Logf("campaign %d %s after %v: %s %+v", id, what, time.Since(start).Round(time.Millisecond), c.Status, c.Stats)
 			return c
@@ -237,10 +180,10 @@ func TestProviderE2EReceipts(t *testing.T) {
 	sendTo(t, rig.testApp, smsID, ids)
 	sendTo(t, rig.testApp, waID, ids)
 
-	final := map[int64]provCampaign{}
+	final := map[int64]campaignState{}
 	pollUntil(t, "every message delivered or undelivered", 60*time.Second, func() bool {
 		for _, id := range []int64{smsID, waID} {
-			c := readProvCampaign(t, rig.testApp, id)
+			c := readCampaign(t, rig.testApp, id)
 			final[id] = c
 			if !c.settled() {
 				return false
@@ -276,10 +219,10 @@ func TestProviderE2EReceipts(t *testing.T) {
 
 	// Duplicate finals and Twilio's late "sent" keep arriving for up to a
 	// receipt delay after the last final one: none may move a message back.
-	settled := map[int64]provStats{smsID: final[smsID].Stats, waID: final[waID].Stats}
+	settled := map[int64]campaignStats{smsID: final[smsID].Stats, waID: final[waID].Stats}
 	holdsFor(t, "final statuses unchanged by late and repeated receipts", time.Second, func() bool {
 		for id, want := range settled {
-			if got := readProvCampaign(t, rig.testApp, id).Stats; got != want {
+			if got := readCampaign(t, rig.testApp, id).Stats; got != want {
 				t.Logf("campaign %d stats moved from %+v to %+v", id, want, got)
 				return false
 			}
@@ -355,7 +298,7 @@ WHERE m.campaign_id = $1 AND m.status = 'pending' ORDER BY m.id DESC LIMIT 1`, i
 	}
 	t.Logf("STOP from customer %d acknowledged; their message %d is %s", target.CustomerID, target.MessageID, status)
 
-	c := waitProvCampaign(t, rig.testApp, id, "settled", 30*time.Second, provCampaign.settled)
+	c := waitProvCampaign(t, rig.testApp, id, "settled", 30*time.Second, campaignState.settled)
 	if err := rig.db.Get(&status, `SELECT status FROM outbound_messages WHERE id = $1`, target.MessageID); err != nil {
 		t.Fatal(err)
 	}
@@ -406,7 +349,7 @@ func TestProviderE2EThrottleStorm(t *testing.T) {
 	id, _ := mustCreateCampaign(t, rig.testApp, map[string]any{"name": "throttle storm", "channel": "sms"})
 	sendTo(t, rig.testApp, id, ids)
 
-	c := waitProvCampaign(t, rig.testApp, id, "final", 45*time.Second, provCampaign.final)
+	c := waitProvCampaign(t, rig.testApp, id, "final", 45*time.Second, campaignState.final)
 	s := c.Stats
 	if s.Total != n || s.Failed != 0 || s.Cancelled != 0 || s.Sent+s.Delivered+s.Undelivered != n {
 		t.Errorf("campaign %s %+v, want all %d sent, delivered or undelivered and none failed", c.Status, s, n)
@@ -452,7 +395,7 @@ func TestProviderE2EBalanceBrake(t *testing.T) {
 		brakeReason string
 	)
 	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		c := readProvCampaign(t, rig.testApp, id)
+		c := readCampaign(t, rig.testApp, id)
 		if s := c.Stats; s.Sent != 0 || s.Delivered != 0 || s.Undelivered != 0 || s.Failed != 0 || s.Cancelled != 0 {
 			t.Fatalf("while the balance is out: campaign %s %+v, want nothing sent and nothing failed", c.Status, s)
 		}
@@ -488,7 +431,7 @@ func TestProviderE2EBalanceBrake(t *testing.T) {
 	t.Logf("while out of balance: simulator %+v", st)
 
 	rig.sim.SetInsufficientBalance(sim.AfricasTalking, false)
-	c := waitProvCampaign(t, rig.testApp, id, "settled", 30*time.Second, provCampaign.settled)
+	c := waitProvCampaign(t, rig.testApp, id, "settled", 30*time.Second, campaignState.settled)
 	if s := c.Stats; s.Total != n || s.Delivered != n {
 		t.Errorf("after the balance came back: campaign %s %+v, want all %d delivered", c.Status, s, n)
 	}
@@ -521,13 +464,13 @@ func TestProviderE2EErrorRateBrake(t *testing.T) {
 	id, _ := mustCreateCampaign(t, rig.testApp, map[string]any{"name": "all rejected", "channel": "sms"})
 	sendTo(t, rig.testApp, id, ids)
 
-	c := waitProvCampaign(t, rig.testApp, id, "paused", 20*time.Second, func(c provCampaign) bool {
+	c := waitProvCampaign(t, rig.testApp, id, "paused", 20*time.Second, func(c campaignState) bool {
 		if c.Status != "sending" && c.Status != "paused" {
 			t.Fatalf("campaign ended %s %+v without being paused by the error-rate brake", c.Status, c.Stats)
 		}
 		return c.Status == "paused"
 	})
-	c = waitProvCampaign(t, rig.testApp, id, "in-flight attempts finished", 10*time.Second, func(c provCampaign) bool {
+	c = waitProvCampaign(t, rig.testApp, id, "in-flight attempts finished", 10*time.Second, func(c campaignState) bool {
 		return c.Stats.Sending == 0
 	})
 	if c.Status != "paused" {
@@ -552,7 +495,7 @@ func TestProviderE2EErrorRateBrake(t *testing.T) {
 	// Resumed, the campaign is attempted again, and with every attempt
 	// still failing the brake trips again, after a fresh window: failures
 	// of attempts in flight when it first tripped do not count towards it.
-	c = waitProvCampaign(t, rig.testApp, id, "paused again", 20*time.Second, func(c provCampaign) bool {
+	c = waitProvCampaign(t, rig.testApp, id, "paused again", 20*time.Second, func(c campaignState) bool {
 		if c.final() {
 			t.Fatalf("resumed campaign ended %s %+v without being paused again", c.Status, c.Stats)
 		}

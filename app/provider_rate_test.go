@@ -67,7 +67,7 @@ func TestProviderRateSharedByReplicas(t *testing.T) {
 	if a == 0 || b == 0 {
 		t.Errorf("one replica sent nothing (%d and %d): the test did not share the rate", a, b)
 	}
-	if c := readProvCampaign(t, rig.testApp, id); c.Stats.Failed != 0 {
+	if c := readCampaign(t, rig.testApp, id); c.Stats.Failed != 0 {
 		t.Errorf("%d messages failed while waiting for the rate: waiting must use no attempt", c.Stats.Failed)
 	}
 }

@@ -22,17 +22,31 @@ const dispatchWithin = 3 * time.Second
 
 // campaignState is GET /campaigns/{id} with the fields these tests read.
 type campaignState struct {
-	ID           int64   `json:"id"`
-	Status       string  `json:"status"`
-	StatusReason *string `json:"status_reason"`
-	Stats        struct {
-		Total, Pending, Sending, Sent, Failed, Cancelled int64
-	} `json:"stats"`
+	ID           int64         `json:"id"`
+	Status       string        `json:"status"`
+	StatusReason *string       `json:"status_reason"`
+	Stats        campaignStats `json:"stats"`
 }
 
+// campaignStats is a campaign's stats with every status of the contract.
+type campaignStats struct {
+	Total       int64 `json:"total"`
+	Pending     int64 `json:"pending"`
+	Sending     int64 `json:"sending"`
+	Sent        int64 `json:"sent"`
+	Delivered   int64 `json:"delivered"`
+	Undelivered int64 `json:"undelivered"`
+	Failed      int64 `json:"failed"`
+	Cancelled   int64 `json:"cancelled"`
+}
+
+// final: no message waits for an attempt or is being attempted.
 func (c campaignState) final() bool {
 	return c.Stats.Pending == 0 && c.Stats.Sending == 0
 }
+
+// settled: final, and every accepted message has its receipt.
+func (c campaignState) settled() bool { return c.final() && c.Stats.Sent == 0 }
 
 // readCampaign gets campaign id and checks the stats invariant on the way:
 // every key present and summing to total.
@@ -52,13 +66,13 @@ func readCampaign(t testing.TB, ta *testApp, id int64) campaignState {
 	if err := json.Unmarshal(raw, &keys); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{"total", "pending", "sending", "sent", "failed", "cancelled"} {
+	for _, k := range []string{"total", "pending", "sending", "sent", "delivered", "undelivered", "failed", "cancelled"} {
 		if _, ok := keys.Stats[k]; !ok {
 			t.Errorf("campaign %d stats %s lack %q", id, raw, k)
 		}
 	}
 	s := c.Stats
-	if s.Pending+s.Sending+s.Sent+s.Failed+s.Cancelled != s.Total {
+	if s.Pending+s.Sending+s.Sent+s.Delivered+s.Undelivered+s.Failed+s.Cancelled != s.Total {
 		t.Errorf("campaign %d stats %+v do not sum to total", id, s)
 	}
 	return c
