@@ -1,8 +1,6 @@
 package messaging
 
 import (
-	"time"
-
 	"github.com/campaignd/dispatch/messaging/template"
 	"github.com/campaignd/dispatch/platform/errs"
 )
@@ -43,20 +41,6 @@ func (s Status) Valid() bool {
 // Final reports whether no further delivery will be attempted (a sent
 // message may still get its receipt).
 func (s Status) Final() bool { return s != StatusPending && s != StatusSending }
-
-// Message is one outbound message as stored.
-type Message struct {
-	ID              int64      `db:"id" json:"id"`
-	CampaignID      int64      `db:"campaign_id" json:"campaign_id"`
-	CustomerID      int64      `db:"customer_id" json:"customer_id"`
-	Status          Status     `db:"status" json:"status"`
-	RenderedContent *string    `db:"rendered_content" json:"rendered_content"`
-	LastError       *string    `db:"last_error" json:"last_error"`
-	RetryCount      int        `db:"retry_count" json:"retry_count"`
-	NextAttemptAt   *time.Time `db:"next_attempt_at" json:"next_attempt_at"`
-	CreatedAt       time.Time  `db:"created_at" json:"created_at"`
-	UpdatedAt       time.Time  `db:"updated_at" json:"updated_at"`
-}
 
 // Job is a claimed message with everything needed to deliver it, loaded in
 // the claim's single query.

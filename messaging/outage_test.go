@@ -74,7 +74,7 @@ func (q *outageQueue) Release(ctx context.Context, c string) (int, error) {
 	return q.memQueue.Release(ctx, c)
 }
 
-func statuses(t *testing.T, ms map[int64]Message) string {
+func statuses(t *testing.T, ms map[int64]storedMessage) string {
 	t.Helper()
 	n := map[Status]int{}
 	for _, m := range ms {

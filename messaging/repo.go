@@ -3,7 +3,6 @@ package messaging
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -395,19 +394,6 @@ func timeArray(ts []*time.Time) []sql.NullString {
 		}
 	}
 	return out
-}
-
-// Get returns one message.
-func (r *Repo) Get(ctx context.Context, id int64) (Message, error) {
-	var m Message
-	err := r.db.GetContext(ctx, &m, `
-SELECT id, campaign_id, customer_id, status, rendered_content, last_error, retry_count,
-       next_attempt_at, created_at, updated_at
-FROM outbound_messages WHERE id = $1`, id)
-	if errors.Is(err, sql.ErrNoRows) {
-		return m, fmt.Errorf("message %d: not found", id)
-	}
-	return m, postgres.Classify(err, "get message")
 }
 
 // SendingIDs pages through the ids of messages being delivered, in id

@@ -191,15 +191,30 @@ INSERT INTO outbound_messages (campaign_id, customer_id) VALUES ($1, $2) RETURNI
 	return campaignID, ids
 }
 
-func messages(t *testing.T, db *sqlx.DB, ids []int64) map[int64]Message {
+// storedMessage is an outbound_messages row as the tests read it (the
+// API's shape is MessageView).
+type storedMessage struct {
+	ID              int64      `db:"id" json:"id"`
+	CampaignID      int64      `db:"campaign_id" json:"campaign_id"`
+	CustomerID      int64      `db:"customer_id" json:"customer_id"`
+	Status          Status     `db:"status" json:"status"`
+	RenderedContent *string    `db:"rendered_content" json:"rendered_content"`
+	LastError       *string    `db:"last_error" json:"last_error"`
+	RetryCount      int        `db:"retry_count" json:"retry_count"`
+	NextAttemptAt   *time.Time `db:"next_attempt_at" json:"next_attempt_at"`
+	CreatedAt       time.Time  `db:"created_at" json:"created_at"`
+	UpdatedAt       time.Time  `db:"updated_at" json:"updated_at"`
+}
+
+func messages(t *testing.T, db *sqlx.DB, ids []int64) map[int64]storedMessage {
 	t.Helper()
-	var ms []Message
+	var ms []storedMessage
 	if err := db.SelectContext(context.Background(), &ms, `
 SELECT id, campaign_id, customer_id, status, rendered_content, last_error, retry_count, next_attempt_at, created_at, updated_at
 FROM outbound_messages WHERE id = ANY($1)`, pq.Array(ids)); err != nil {
 		t.Fatal(err)
 	}
-	out := map[int64]Message{}
+	out := map[int64]storedMessage{}
 	for _, m := range ms {
 		out[m.ID] = m
 	}
