@@ -28,6 +28,7 @@ import (
 	_ "github.com/lib/pq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/campaignd/dispatch/campaign"
 	"github.com/campaignd/dispatch/platform/logging/logtest"
 	"github.com/campaignd/dispatch/platform/postgres/pgtest"
 )
@@ -582,6 +583,22 @@ WHERE m.campaign_id = $1 AND m.status <> 'sent' ORDER BY m.id LIMIT 20`, e.campa
 	}
 	if status != "sent" {
 		t.Errorf("campaign status %q, want sent", status)
+	}
+	e.verifyStatsCounters()
+}
+
+// verifyStatsCounters asserts that the campaign's counters (campaign_stats,
+// kept by triggers) equal a recount of its messages by status: they must
+// not drift whatever the run went through (kills, retries, reclaims,
+// flushes, outages, receipts).
+func (e *crashEnv) verifyStatsCounters() {
+	e.t.Helper()
+	r, err := campaign.NewRepo(e.db).RebuildStats(context.Background(), e.campaignID)
+	if err != nil {
+		e.t.Fatalf("recount stats: %v", err)
+	}
+	if r.Drifted() {
+		e.t.Errorf("campaign stats drifted from its messages: counters %+v, messages %+v", r.Kept, r.Counted)
 	}
 }
 

@@ -96,6 +96,7 @@ FROM outbound_messages WHERE campaign_id = $1`, e.campaignID); err != nil {
 	if st.Sent != 0 {
 		t.Errorf("%d messages accepted by the provider never got their receipt applied", st.Sent)
 	}
+	e.verifyStatsCounters() // receipts moved them after the kills, too
 	if st.Failed != 0 {
 		t.Errorf("%d messages failed; the simulator accepts every message", st.Failed)
 	}

@@ -31,6 +31,8 @@ commands:
                    create an API key (admin by default) and print it, once
   apikey list      list API keys (never their secrets)
   apikey revoke ID revoke an API key
+  stats rebuild [ID]
+                   recount campaigns' stats counters from their messages and correct any that drifted
   version          print the version
   provider-sim [flags]
                    serve a simulator of the Africa's Talking and Twilio APIs (see provider-sim --help)
@@ -77,6 +79,8 @@ func Main(ctx context.Context, cfg Config, log *slog.Logger, args []string, out 
 		return healthcheck(ctx, cfg.API.Port)
 	case "apikey":
 		return apikey(ctx, cfg, log, args[1:], out)
+	case "stats":
+		return statsCmd(ctx, cfg, log, args[1:], out)
 	case "version":
 		fmt.Fprintln(out, Version())
 		return nil

@@ -14,6 +14,7 @@ import (
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
 
+	"github.com/campaignd/dispatch/campaign"
 	"github.com/campaignd/dispatch/platform/postgres/pgtest"
 	"github.com/campaignd/dispatch/platform/redisx/redistest"
 )
@@ -241,4 +242,18 @@ func customerIDs(t testing.TB, db *sqlx.DB, phones []string) []int64 {
 		}
 	}
 	return ids
+}
+
+// requireStatsMatchMessages fails unless campaign id's counters equal a
+// recount of its messages: whatever the test put the campaign through, the
+// counters kept by triggers must not drift.
+func requireStatsMatchMessages(t testing.TB, db *sqlx.DB, id int64) {
+	t.Helper()
+	r, err := campaign.NewRepo(db).RebuildStats(context.Background(), id)
+	if err != nil {
+		t.Fatalf("recount stats of campaign %d: %v", id, err)
+	}
+	if r.Drifted() {
+		t.Errorf("campaign %d stats drifted from its messages: counters %+v, messages %+v", id, r.Kept, r.Counted)
+	}
 }

@@ -152,6 +152,7 @@ func TestLifecyclePauseResume(t *testing.T) {
 	if l := readLedger(t, db, id); l.Rows != 300 || l.MinCalls != 1 || l.MaxCalls != 1 {
 		t.Errorf("ledger %+v, want 300 deliveries each requested once", l)
 	}
+	requireStatsMatchMessages(t, db, id)
 }
 
 // TestLifecycleCancelMidRun cancels a campaign being delivered: its pending
@@ -205,6 +206,7 @@ WHERE m.campaign_id = $1 AND m.status = 'cancelled'`, id); n != 0 {
 	for _, action := range []string{"cancel", "pause", "resume", "retry-failed"} {
 		refusedAction(t, ta, id, action, "cancelled")
 	}
+	requireStatsMatchMessages(t, db, id)
 }
 
 // TestLifecycleCancelBeforeSending cancels a draft and a scheduled campaign:
@@ -245,6 +247,7 @@ func TestLifecycleCancelBeforeSending(t *testing.T) {
 			t.Errorf("cancelled campaign %d was dispatched %d times", id, n)
 		}
 	}
+	requireStatsMatchMessages(t, db, sentinel)
 }
 
 // TestLifecycleInvalidTransitions asks each action of campaigns in statuses
@@ -389,6 +392,7 @@ func TestLifecycleRetryFailed(t *testing.T) {
 	for _, action := range []string{"pause", "resume", "cancel"} {
 		refusedAction(t, healthy, id, action, "sent")
 	}
+	requireStatsMatchMessages(t, db, id)
 }
 
 // openTestRedis connects to the app's Redis for assertions on its keys.
@@ -537,5 +541,6 @@ WHERE datname = current_database() AND state = 'active' AND query LIKE '%INSERT 
 		if n := queryInt(t, db, `SELECT count(*) FROM dispatch_batches WHERE campaign_id = $1 AND filter IS NOT NULL`, id); n != 0 {
 			t.Errorf("campaign %d: audience still materialising after cancel", id)
 		}
+		requireStatsMatchMessages(t, db, id)
 	}
 }

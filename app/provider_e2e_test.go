@@ -250,6 +250,8 @@ WHERE campaign_id = ANY(ARRAY[$1, $2]::bigint[]) AND (provider_message_id IS NUL
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("dispatch_messages_total receipts outcomes (-stats +metrics):\n%s", diff)
 	}
+	requireStatsMatchMessages(t, rig.db, smsID)
+	requireStatsMatchMessages(t, rig.db, waID)
 }
 
 // TestProviderE2EStopReply has a recipient answer STOP while the campaign
@@ -321,6 +323,7 @@ WHERE m.campaign_id = $1 AND m.status = 'pending' ORDER BY m.id DESC LIMIT 1`, i
 	if st := rig.sim.Stats(); st.Duplicates != 0 || st.Accepted != n-1 {
 		t.Errorf("simulator %+v, want %d accepted and no duplicates", st, n-1)
 	}
+	requireStatsMatchMessages(t, rig.db, id)
 }
 
 // TestProviderE2EThrottleStorm has the provider answer half the sends 429:

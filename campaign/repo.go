@@ -126,25 +126,6 @@ func (r *Repo) List(ctx context.Context, q ListQuery) (items []Summary, total in
 	return items, total, nil
 }
 
-// statsSQL reads outbound_messages, which the messaging feature owns and
-// writes; campaign only reads it, to report progress without a call into
-// another feature. The (campaign_id, status) index serves it.
-//
-// The second part adds the recipients of an audience send that was cancelled
-// before their messages were created (messaging's dispatch_batches, indexed
-// by campaign): the send counted them, so the stats count them, cancelled.
-// Test sends are not part of a campaign's stats.
-const statsSQL = `
-SELECT status, count(*)
-FROM outbound_messages
-WHERE campaign_id = $1 AND NOT test
-GROUP BY status
-UNION ALL
-SELECT 'cancelled', sum(cancelled_unmaterialised)::bigint
-FROM dispatch_batches
-WHERE campaign_id = $1
-HAVING sum(cancelled_unmaterialised) > 0`
-
 // Stats counts campaign id's messages by status. A campaign with no messages,
 // or no campaign at all, has zero counts: callers check existence first.
 func (r *Repo) Stats(ctx context.Context, id int64) (Stats, error) {
@@ -153,25 +134,8 @@ func (r *Repo) Stats(ctx context.Context, id int64) (Stats, error) {
 
 // statsOne is Stats through q, a transaction or the pool.
 func statsOne(ctx context.Context, q sqlx.QueryerContext, id int64) (Stats, error) {
-	rows, err := q.QueryContext(ctx, statsSQL, id)
-	if err != nil {
-		return Stats{}, postgres.Classify(err, fmt.Sprintf("stats of campaign %d", id))
-	}
-	defer rows.Close()
-	var s Stats
-	for rows.Next() {
-		var status string
-		var n int64
-		if err := rows.Scan(&status, &n); err != nil {
-			return Stats{}, postgres.Classify(err, fmt.Sprintf("scan stats of campaign %d", id))
-		}
-		s.add(status, n)
-	}
-	if err := rows.Err(); err != nil {
-		return Stats{}, postgres.Classify(err, fmt.Sprintf("stats of campaign %d", id))
-	}
-	s.sum()
-	return s, nil
+	m, err := statsOf(ctx, q, []int64{id})
+	return m[id], err
 }
 
 // utc returns c with its times in UTC: lib/pq returns them in the session's
