@@ -148,11 +148,15 @@ func newCrashEnv(t *testing.T, redisURL string, overrides map[string]string) *cr
 		e.vars[k] = v
 	}
 	e.vars["DATABASE_URL"] = dbURL
-	e.vars["REDIS_URL"] = redisURL
 	e.vars["REDIS_KEY_PREFIX"] = prefix
 	e.vars["API_PORT"] = strconv.Itoa(freePort(t))
 
-	t.Cleanup(func() { deletePrefix(t, redisURL, prefix) })
+	// An empty redisURL leaves the Redis to the caller (a private cluster:
+	// newClusterCrashEnv), whose servers take their keys with them.
+	if redisURL != "" {
+		e.vars["REDIS_URL"] = redisURL
+		t.Cleanup(func() { deletePrefix(t, redisURL, prefix) })
+	}
 	t.Cleanup(func() {
 		if e.db != nil {
 			e.db.Close()
