@@ -37,7 +37,7 @@ type backend struct {
 	name string
 	// open returns a client and a fresh key prefix, both cleaned up
 	// when t ends.
-	open func(t *testing.T) (redis.UniversalClient, string)
+	open func(t testing.TB) (redis.UniversalClient, string)
 	// dial returns a client of its own, which the caller closes.
 	dial func(t *testing.T) redis.UniversalClient
 }
@@ -45,7 +45,7 @@ type backend struct {
 var backends = []backend{
 	{
 		name: "single",
-		open: func(t *testing.T) (redis.UniversalClient, string) { return redistest.New(t) },
+		open: func(t testing.TB) (redis.UniversalClient, string) { return redistest.New(t) },
 		dial: func(t *testing.T) redis.UniversalClient {
 			c, err := redisx.Open(context.Background(), redistest.URL())
 			if err != nil {
@@ -56,7 +56,7 @@ var backends = []backend{
 	},
 	{
 		name: "cluster",
-		open: func(t *testing.T) (redis.UniversalClient, string) { return redistest.SharedCluster(t).Client(t) },
+		open: func(t testing.TB) (redis.UniversalClient, string) { return redistest.SharedCluster(t).Client(t) },
 		dial: func(t *testing.T) redis.UniversalClient {
 			c, err := redisx.OpenWith(context.Background(), redisx.Target{ClusterAddrs: redistest.SharedCluster(t).Addrs}, redisx.Options{})
 			if err != nil {

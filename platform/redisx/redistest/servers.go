@@ -98,3 +98,35 @@ func startServer(bin, dir, addr string, args ...string) (*node, error) {
 	}
 	return n, nil
 }
+
+// NewServer starts a private Redis node (no persistence) for t, stops it
+// when t ends, and returns its URL. Benchmarks compare it with a Cluster
+// of the same binary, on an equal footing: the shared server carries
+// every other test's load. It skips as NewCluster does.
+func NewServer(t testing.TB) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("needs redis-server for a private Redis; skipped in -short mode")
+	}
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Skip("redis-server is not on PATH: cannot run a private Redis (apt-get install redis-server)")
+	}
+	dir := t.TempDir()
+	for attempt := 0; ; attempt++ {
+		p, err := freePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
+		n, err := startServer(bin, dir, addr, "--port", strconv.Itoa(p), "--bind", "127.0.0.1",
+			"--save", "", "--appendonly", "no", "--dir", dir)
+		if err == nil {
+			t.Cleanup(n.stop)
+			return "redis://" + addr + "/0"
+		}
+		if attempt == 2 {
+			t.Fatalf("start a private Redis: %v", err)
+		}
+	}
+}
