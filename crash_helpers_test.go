@@ -30,6 +30,7 @@ import (
 
 	"github.com/campaignd/dispatch/platform/logging/logtest"
 	"github.com/campaignd/dispatch/platform/postgres/pgtest"
+	"github.com/campaignd/dispatch/platform/redisx/redistest"
 )
 
 // The crash tests run the real binary as a subprocess and kill it in the
@@ -632,7 +633,8 @@ func defaultRedisURL() string {
 	return "redis://127.0.0.1:6379/0"
 }
 
-// deletePrefix removes every key under prefix (SCAN + DEL).
+// deletePrefix removes every key under prefix, hash-tagged ones
+// ("{<prefix>...}") included (redistest.DeletePrefix).
 func deletePrefix(t *testing.T, redisURL, prefix string) {
 	opts, err := redis.ParseURL(redisURL)
 	if err != nil {
@@ -646,22 +648,8 @@ func deletePrefix(t *testing.T, redisURL, prefix string) {
 	if err := c.Ping(ctx).Err(); err != nil {
 		return // a private server already gone takes its keys with it
 	}
-	var keys []string
-	iter := c.Scan(ctx, 0, prefix+"*", 500).Iterator()
-	for iter.Next(ctx) {
-		keys = append(keys, iter.Val())
-	}
-	if err := iter.Err(); err != nil {
-		t.Errorf("scan keys %s*: %v", prefix, err)
-		return
-	}
-	for len(keys) > 0 {
-		n := min(len(keys), 500)
-		if err := c.Del(ctx, keys[:n]...).Err(); err != nil {
-			t.Errorf("delete keys %s*: %v", prefix, err)
-			return
-		}
-		keys = keys[n:]
+	if err := redistest.DeletePrefix(ctx, c, prefix); err != nil {
+		t.Errorf("delete keys %s*: %v", prefix, err)
 	}
 }
 
