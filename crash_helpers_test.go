@@ -31,6 +31,7 @@ import (
 	"github.com/campaignd/dispatch/campaign"
 	"github.com/campaignd/dispatch/platform/logging/logtest"
 	"github.com/campaignd/dispatch/platform/postgres/pgtest"
+	"github.com/campaignd/dispatch/platform/redisx/redistest"
 )
 
 // The crash tests run the real binary as a subprocess and kill it in the
@@ -149,11 +150,15 @@ func newCrashEnv(t *testing.T, redisURL string, overrides map[string]string) *cr
 		e.vars[k] = v
 	}
 	e.vars["DATABASE_URL"] = dbURL
-	e.vars["REDIS_URL"] = redisURL
 	e.vars["REDIS_KEY_PREFIX"] = prefix
 	e.vars["API_PORT"] = strconv.Itoa(freePort(t))
 
-	t.Cleanup(func() { deletePrefix(t, redisURL, prefix) })
+	// An empty redisURL leaves the Redis to the caller (a private cluster:
+	// newClusterCrashEnv), whose servers take their keys with them.
+	if redisURL != "" {
+		e.vars["REDIS_URL"] = redisURL
+		t.Cleanup(func() { deletePrefix(t, redisURL, prefix) })
+	}
 	t.Cleanup(func() {
 		if e.db != nil {
 			e.db.Close()
@@ -645,7 +650,8 @@ func defaultRedisURL() string {
 	return "redis://127.0.0.1:6379/0"
 }
 
-// deletePrefix removes every key under prefix (SCAN + DEL).
+// deletePrefix removes every key under prefix, hash-tagged ones
+// ("{<prefix>...}") included (redistest.DeletePrefix).
 func deletePrefix(t *testing.T, redisURL, prefix string) {
 	opts, err := redis.ParseURL(redisURL)
 	if err != nil {
@@ -659,22 +665,8 @@ func deletePrefix(t *testing.T, redisURL, prefix string) {
 	if err := c.Ping(ctx).Err(); err != nil {
 		return // a private server already gone takes its keys with it
 	}
-	var keys []string
-	iter := c.Scan(ctx, 0, prefix+"*", 500).Iterator()
-	for iter.Next(ctx) {
-		keys = append(keys, iter.Val())
-	}
-	if err := iter.Err(); err != nil {
-		t.Errorf("scan keys %s*: %v", prefix, err)
-		return
-	}
-	for len(keys) > 0 {
-		n := min(len(keys), 500)
-		if err := c.Del(ctx, keys[:n]...).Err(); err != nil {
-			t.Errorf("delete keys %s*: %v", prefix, err)
-			return
-		}
-		keys = keys[n:]
+	if err := redistest.DeletePrefix(ctx, c, prefix); err != nil {
+		t.Errorf("delete keys %s*: %v", prefix, err)
 	}
 }
 

@@ -43,7 +43,7 @@ type App struct {
 	cfg      Config
 	log      *slog.Logger
 	db       *sqlx.DB
-	rdb      *redis.Client
+	rdb      redis.UniversalClient // one node, a cluster or a Sentinel-managed primary
 	server   *http.Server
 	listener net.Listener
 
@@ -51,7 +51,7 @@ type App struct {
 	// their own, so that /health and /readyz answer within their budget
 	// while API traffic holds every connection of db and rdb.
 	probeDB    *sqlx.DB
-	probeRdb   *redis.Client
+	probeRdb   redis.UniversalClient
 	probeQueue *queue.Queue // the queue's depths for /health, read through probeRdb
 
 	migrator *goose.Provider // readiness: are all migrations applied?

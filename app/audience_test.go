@@ -19,6 +19,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/jmoiron/sqlx"
 
+	"github.com/campaignd/dispatch/messaging/queue"
 	"github.com/campaignd/dispatch/platform/postgres"
 )
 
@@ -1062,7 +1063,7 @@ func TestAudienceQueuedOnce(t *testing.T) {
 	c := e.newCampaign(t, "sms", nil)
 	e.mustSend(t, c.ID, map[string]any{"audience": map[string]any{"all": true}})
 	queueLen := func() int64 {
-		n, err := e.App.rdb.LLen(context.Background(), cfg.Redis.KeyPrefix+cfg.Queue.Name).Result()
+		n, err := e.App.rdb.LLen(context.Background(), queue.New(e.App.rdb, cfg.Redis.KeyPrefix, cfg.Queue.Name).Keys().Ready).Result()
 		if err != nil {
 			t.Fatal(err)
 		}

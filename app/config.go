@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -19,6 +20,7 @@ import (
 	"github.com/campaignd/dispatch/customer"
 	"github.com/campaignd/dispatch/messaging"
 	"github.com/campaignd/dispatch/platform/auth"
+	"github.com/campaignd/dispatch/platform/redisx"
 )
 
 // Config is the service's whole configuration. Load fills it from, in rising
@@ -46,6 +48,15 @@ type Config struct {
 	Redis struct {
 		URL       string `mapstructure:"url"`
 		KeyPrefix string `mapstructure:"key_prefix"`
+		// ClusterAddrs (comma-separated host:port seeds) selects a Redis
+		// Cluster; SentinelAddrs with SentinelMaster a Sentinel-managed
+		// primary. Neither: the one node at URL.
+		ClusterAddrs     string `mapstructure:"cluster_addrs"`
+		SentinelAddrs    string `mapstructure:"sentinel_addrs"`
+		SentinelMaster   string `mapstructure:"sentinel_master"`
+		Username         string `mapstructure:"username"`
+		Password         string `mapstructure:"password"`
+		SentinelPassword string `mapstructure:"sentinel_password"`
 	} `mapstructure:"redis"`
 	Queue struct {
 		Name string `mapstructure:"name"`
@@ -243,11 +254,19 @@ func (c Config) Validate() error {
 	if c.Database.MaxOpenConns < 1 {
 		bad("database.max_open_conns (DATABASE_MAX_OPEN_CONNS) must be at least 1, got %d", c.Database.MaxOpenConns)
 	}
-	if u, err := url.Parse(c.Redis.URL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {
-		bad("redis.url (REDIS_URL) must be a redis:// or rediss:// URL")
+	for _, p := range c.redisProblems() {
+		bad("%s", p)
 	}
 	if strings.TrimSpace(c.Queue.Name) == "" {
 		bad("queue.name (QUEUE_NAME) is empty")
+	}
+	// The queue's keys are hash-tagged as {<prefix><queue name>}: a brace
+	// inside would end the tag early and split the queue over slots.
+	if strings.ContainsAny(c.Redis.KeyPrefix, "{}") {
+		bad("redis.key_prefix (REDIS_KEY_PREFIX) must not contain { or }: the service wraps it in a hash tag itself, got %q", c.Redis.KeyPrefix)
+	}
+	if strings.ContainsAny(c.Queue.Name, "{}") {
+		bad("queue.name (QUEUE_NAME) must not contain { or }: the service wraps it in a hash tag itself, got %q", c.Queue.Name)
 	}
 	if c.API.Port < 0 || c.API.Port > 65535 {
 		bad("api.port (API_PORT) %d is not a port number", c.API.Port)
@@ -396,6 +415,74 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// redisProblems checks that exactly one Redis mode is chosen, and chosen
+// completely: redis.url (a single node; its default counts as unset when a
+// cluster or Sentinels are named), redis.cluster_addrs, or
+// redis.sentinel_addrs with redis.sentinel_master.
+func (c Config) redisProblems() []string {
+	var problems []string
+	cluster, sentinel := strings.TrimSpace(c.Redis.ClusterAddrs) != "", strings.TrimSpace(c.Redis.SentinelAddrs) != ""
+	urlSet := c.Redis.URL != "" && c.Redis.URL != defaultRedisURL()
+	var chosen []string
+	if urlSet && (cluster || sentinel) {
+		chosen = append(chosen, "redis.url (REDIS_URL)")
+	}
+	if cluster {
+		chosen = append(chosen, "redis.cluster_addrs (REDIS_CLUSTER_ADDRS)")
+	}
+	if sentinel {
+		chosen = append(chosen, "redis.sentinel_addrs (REDIS_SENTINEL_ADDRS)")
+	}
+	if len(chosen) > 1 {
+		problems = append(problems, fmt.Sprintf("%s are all set: choose one Redis (a single node, a cluster or a Sentinel-managed primary)",
+			strings.Join(chosen, " and ")))
+	}
+	if cluster {
+		if _, err := redisx.SplitAddrs(c.Redis.ClusterAddrs); err != nil {
+			problems = append(problems, fmt.Sprintf("redis.cluster_addrs (REDIS_CLUSTER_ADDRS): %v", err))
+		}
+	}
+	if sentinel {
+		if _, err := redisx.SplitAddrs(c.Redis.SentinelAddrs); err != nil {
+			problems = append(problems, fmt.Sprintf("redis.sentinel_addrs (REDIS_SENTINEL_ADDRS): %v", err))
+		}
+		if strings.TrimSpace(c.Redis.SentinelMaster) == "" {
+			problems = append(problems, "redis.sentinel_addrs (REDIS_SENTINEL_ADDRS) is set but redis.sentinel_master (REDIS_SENTINEL_MASTER) is empty: name the primary the Sentinels watch")
+		}
+	} else if strings.TrimSpace(c.Redis.SentinelMaster) != "" {
+		problems = append(problems, "redis.sentinel_master (REDIS_SENTINEL_MASTER) is set but redis.sentinel_addrs (REDIS_SENTINEL_ADDRS) is empty")
+	}
+	if !cluster && !sentinel {
+		if u, err := url.Parse(c.Redis.URL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {
+			problems = append(problems, "redis.url (REDIS_URL) must be a redis:// or rediss:// URL")
+		}
+	}
+	return problems
+}
+
+// defaultRedisURL is redis.url as configs/config.yaml sets it.
+var defaultRedisURL = sync.OnceValue(func() string {
+	v := viper.New()
+	v.SetConfigType("yaml")
+	if err := v.ReadConfig(bytes.NewReader(configs.Default)); err != nil {
+		return ""
+	}
+	return v.GetString("redis.url")
+})
+
+// RedisTarget is the Redis the configuration names (see redisProblems).
+func (c Config) RedisTarget() redisx.Target {
+	t := redisx.Target{URL: c.Redis.URL, Username: c.Redis.Username, Password: c.Redis.Password,
+		SentinelPassword: c.Redis.SentinelPassword}
+	if strings.TrimSpace(c.Redis.ClusterAddrs) != "" {
+		t.ClusterAddrs, _ = redisx.SplitAddrs(c.Redis.ClusterAddrs)
+	} else if strings.TrimSpace(c.Redis.SentinelAddrs) != "" {
+		t.SentinelAddrs, _ = redisx.SplitAddrs(c.Redis.SentinelAddrs)
+		t.SentinelMaster = strings.TrimSpace(c.Redis.SentinelMaster)
+	}
+	return t
+}
+
 // PricingTable is pricing.* parsed: prices in micro-units (messaging.NewPricing).
 func (c Config) PricingTable() (messaging.Pricing, error) {
 	return messaging.NewPricing(c.Pricing.Currency, c.Pricing.DefaultPerSegment, c.Pricing.PerCallingCode)
@@ -428,7 +515,8 @@ func (c Config) Masked() Config {
 		m.DB.Password = "xxxxx"
 	}
 	m.Redis.URL = maskURL(c.Redis.URL)
-	for _, secret := range []*string{&m.BootstrapAPIKey, &m.AfricasTalking.APIKey, &m.AfricasTalking.CallbackSecret, &m.Twilio.AuthToken} {
+	for _, secret := range []*string{&m.BootstrapAPIKey, &m.AfricasTalking.APIKey, &m.AfricasTalking.CallbackSecret, &m.Twilio.AuthToken,
+		&m.Redis.Password, &m.Redis.SentinelPassword} {
 		if *secret != "" {
 			*secret = "xxxxx"
 		}

@@ -8,9 +8,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/spf13/pflag"
 
 	"github.com/campaignd/dispatch/messaging"
+	"github.com/campaignd/dispatch/platform/redisx"
 )
 
 func flags(t *testing.T, args ...string) *pflag.FlagSet {
@@ -189,5 +191,93 @@ func TestConfigLogValue(t *testing.T) {
 	}
 	if strings.Contains(out, "WorkerConcurrency") {
 		t.Errorf("the config dump uses Go field names: %s", out)
+	}
+}
+
+// TestLoadRedisModes: REDIS_URL (the default), REDIS_CLUSTER_ADDRS or
+// REDIS_SENTINEL_ADDRS with REDIS_SENTINEL_MASTER select one Redis; two at
+// once, or one half-given, is an error naming the keys.
+func TestLoadRedisModes(t *testing.T) {
+	tests := []struct {
+		name    string
+		env     map[string]string
+		want    redisx.Target
+		problem []string // substrings of the error; none: valid
+	}{
+		{name: "default single node", want: redisx.Target{URL: "redis://127.0.0.1:6379/0"}},
+		{
+			name: "cluster",
+			env:  map[string]string{"REDIS_CLUSTER_ADDRS": " 10.0.0.1:7000, 10.0.0.2:7000,,", "REDIS_PASSWORD": "pw"},
+			want: redisx.Target{URL: "redis://127.0.0.1:6379/0", ClusterAddrs: []string{"10.0.0.1:7000", "10.0.0.2:7000"}, Password: "pw"},
+		},
+		{
+			name: "sentinel",
+			env: map[string]string{"REDIS_SENTINEL_ADDRS": "s1:26379,[::1]:26380", "REDIS_SENTINEL_MASTER": "mymaster",
+				"REDIS_SENTINEL_PASSWORD": "spw"},
+			want: redisx.Target{URL: "redis://127.0.0.1:6379/0", SentinelAddrs: []string{"s1:26379", "[::1]:26380"},
+				SentinelMaster: "mymaster", SentinelPassword: "spw"},
+		},
+		{
+			name:    "cluster and sentinel",
+			env:     map[string]string{"REDIS_CLUSTER_ADDRS": "a:1", "REDIS_SENTINEL_ADDRS": "s:2", "REDIS_SENTINEL_MASTER": "m"},
+			problem: []string{"REDIS_CLUSTER_ADDRS", "REDIS_SENTINEL_ADDRS", "choose one"},
+		},
+		{
+			name:    "url and cluster",
+			env:     map[string]string{"REDIS_URL": "redis://cache:6379/0", "REDIS_CLUSTER_ADDRS": "a:1"},
+			problem: []string{"REDIS_URL", "REDIS_CLUSTER_ADDRS", "choose one"},
+		},
+		{
+			name:    "sentinel without master",
+			env:     map[string]string{"REDIS_SENTINEL_ADDRS": "s:26379"},
+			problem: []string{"REDIS_SENTINEL_MASTER"},
+		},
+		{
+			name:    "master without sentinels",
+			env:     map[string]string{"REDIS_SENTINEL_MASTER": "mymaster"},
+			problem: []string{"REDIS_SENTINEL_ADDRS"},
+		},
+		{
+			name:    "seed that is not host:port",
+			env:     map[string]string{"REDIS_CLUSTER_ADDRS": "10.0.0.1:7000,cache,h:99999"},
+			problem: []string{"REDIS_CLUSTER_ADDRS", `"cache"`, `"h:99999"`},
+		},
+		{
+			name:    "brace in the key prefix",
+			env:     map[string]string{"REDIS_KEY_PREFIX": "{app}:"},
+			problem: []string{"REDIS_KEY_PREFIX"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
+			cfg, err := Load(flags(t))
+			if len(tt.problem) > 0 {
+				if err == nil {
+					t.Fatalf("Load = nil error, want one naming %v", tt.problem)
+				}
+				for _, p := range tt.problem {
+					if !strings.Contains(err.Error(), p) {
+						t.Errorf("error does not mention %s:\n%v", p, err)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tt.want, cfg.RedisTarget()); diff != "" {
+				t.Errorf("RedisTarget (-want +got):\n%s", diff)
+			}
+			var buf strings.Builder
+			slog.New(slog.NewJSONHandler(&buf, nil)).Info("starting", "config", cfg)
+			for _, secret := range []string{`"pw"`, `"spw"`} {
+				if strings.Contains(buf.String(), secret) {
+					t.Errorf("the config dump shows a Redis password: %s", buf.String())
+				}
+			}
+		})
 	}
 }

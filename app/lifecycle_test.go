@@ -13,6 +13,7 @@ import (
 	"github.com/jmoiron/sqlx"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/campaignd/dispatch/messaging/queue"
 	"github.com/campaignd/dispatch/platform/redisx"
 )
 
@@ -341,7 +342,7 @@ func TestLifecycleRetryFailed(t *testing.T) {
 	failing := startApp(t, cfg)
 	db := openAppDB(t, cfg, false)
 	rdb := openTestRedis(t, cfg)
-	deadKey := cfg.Redis.KeyPrefix + cfg.Queue.Name + ":dead"
+	deadKey := queue.New(rdb, cfg.Redis.KeyPrefix, cfg.Queue.Name).Keys().Dead
 	ids := importCustomers(t, failing, db, slices.Repeat([]string{"Nairobi"}, 20)...)
 
 	id, _ := mustCreateCampaign(t, failing, nil)

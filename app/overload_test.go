@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/campaignd/dispatch/platform/logging/logtest"
 	"github.com/campaignd/dispatch/platform/redisx"
 )
@@ -36,7 +38,7 @@ func TestProbesAnswerWhilePoolsAreSaturated(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rdb.Close()
-	redisConns := ta.rdb.Options().PoolSize
+	redisConns := ta.rdb.(*redis.Client).Options().PoolSize // the tests run on one node
 	popKeys := make([]string, redisConns)
 	for i := range popKeys {
 		popKeys[i] = cfg.Redis.KeyPrefix + fmt.Sprintf("saturate-%d", i)

@@ -103,11 +103,13 @@ func openPostgres(ctx context.Context, cfg Config, log *slog.Logger, o postgres.
 	})
 }
 
-// openRedis opens a client, waiting up to startup_timeout for the server
-// to be reachable.
-func openRedis(ctx context.Context, cfg Config, log *slog.Logger, o redisx.Options) (*redis.Client, error) {
-	dep := dependency{name: "redis", addr: redisx.Addr(cfg.Redis.URL), unavailable: redisx.IsUnavailable}
-	return connect(ctx, log, cfg.StartupTimeout, dep, func(ctx context.Context) (*redis.Client, error) {
-		return redisx.OpenWith(ctx, cfg.Redis.URL, o)
+// openRedis opens a client of the configured Redis (one node, a cluster or
+// a Sentinel-managed primary), waiting up to startup_timeout for it to be
+// reachable.
+func openRedis(ctx context.Context, cfg Config, log *slog.Logger, o redisx.Options) (redis.UniversalClient, error) {
+	target := cfg.RedisTarget()
+	dep := dependency{name: "redis", addr: target.Addr(), unavailable: redisx.IsUnavailable}
+	return connect(ctx, log, cfg.StartupTimeout, dep, func(ctx context.Context) (redis.UniversalClient, error) {
+		return redisx.OpenWith(ctx, target, o)
 	})
 }

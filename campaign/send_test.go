@@ -44,7 +44,7 @@ type sendEnv struct {
 	msvc     *messaging.Service
 	rdb      *redis.Client
 	prefix   string
-	queueKey string // the ready list: <prefix>campaign_sends
+	queueKey string // the ready list: {<prefix>campaign_sends}
 }
 
 func newSendEnv(t testing.TB) *sendEnv {
@@ -66,7 +66,7 @@ func newSendEnvOn(db *pgtest.DB, rdb *redis.Client, prefix string) *sendEnv {
 		msvc:     msvc,
 		rdb:      rdb,
 		prefix:   prefix,
-		queueKey: prefix + sendQueueName,
+		queueKey: queue.New(rdb, prefix, sendQueueName).Keys().Ready,
 	}
 }
 

@@ -503,7 +503,7 @@ func TestSendWindowHoldsDeliveryUntilItOpens(t *testing.T) {
 		jsonBody(t, CreateInput{Name: "windowed", Channel: "sms", BaseTemplate: "Hi {first_name}", SendWindow: w})), http.StatusCreated)
 	const n = 25
 	customers := seedCustomers(t, db.DB, n)
-	se := &sendEnv{testEnv: te, msvc: msvc, rdb: rdb, prefix: prefix, queueKey: prefix + sendQueueName}
+	se := &sendEnv{testEnv: te, msvc: msvc, rdb: rdb, prefix: prefix, queueKey: queue.New(rdb, prefix, sendQueueName).Keys().Ready}
 	wantSendAccepted(t, se.send(c.ID, sendBody(t, customers), ""), c.ID, n, 0)
 	if time.Until(opensAt) < time.Second {
 		t.Skipf("setup took too long: the window opens in %s, too soon to watch it closed", time.Until(opensAt))

@@ -18,21 +18,30 @@ import (
 // source of truth; the queue only carries work, and everything it holds can
 // be rebuilt from the outbound_messages table.
 //
-// Keys, all under the configured prefix and queue name Q:
+// Keys, with {Q} the hash tag of the configured prefix and queue name
+// (redisx.Keys.Tag: "{" + prefix + name + "}"):
 //
-//	Q                     list: ids ready to deliver (LPUSH in, taken from the right: FIFO)
-//	Q:processing:<id>     list: ids a consumer took and has not acknowledged yet
-//	Q:consumers           zset: consumer id → last heartbeat (unix ms)
-//	Q:delayed             zset: id → due time (unix ms), retries waiting for their backoff
-//	Q:dead                list: ids that failed for good (dead letters)
-//	Q:epoch               string: present while Redis still holds the queue's data
+//	{Q}                     list: ids ready to deliver (LPUSH in, taken from the right: FIFO)
+//	{Q}:processing:<id>     list: ids a consumer took and has not acknowledged yet
+//	{Q}:consumers           zset: consumer id → last heartbeat (unix ms)
+//	{Q}:delayed             zset: id → due time (unix ms), retries waiting for their backoff
+//	{Q}:dead                list: ids that failed for good (dead letters)
+//	{Q}:epoch               string: present while Redis still holds the queue's data
+//
+// The tag puts every key of one queue in one Redis Cluster slot: each Lua
+// script, MULTI and BLMOVE here touches two or more of them, which a
+// cluster refuses (CROSSSLOT) across slots. The keys were untagged before
+// ("Q", "Q:epoch", ...): a binary with the tags finds no {Q}:epoch in a
+// Redis the older one used, so its sweeper rebuilds the queue from
+// PostgreSQL on first start (Service.Sweep), as after a flush; the old
+// keys are left orphaned and may be deleted.
 //
 // A consumer moves ids atomically from Q into its own processing list, and
 // removes them only after the database holds their outcome, so a consumer
 // that dies loses nothing: once its heartbeat is older than the consumer TTL,
 // any replica's reaper moves its processing list back onto Q.
 type Queue struct {
-	rdb  *redis.Client
+	rdb  redis.UniversalClient
 	keys Keys
 }
 
@@ -46,10 +55,10 @@ type Keys struct {
 // Redis directly.
 func (q *Queue) Keys() Keys { return q.keys }
 
-// NewQueue returns the queue named name under prefix.
-func New(rdb *redis.Client, prefix, name string) *Queue {
-	k := redisx.Keys{Prefix: prefix}
-	q := k.Key(name)
+// New returns the queue named name under prefix. rdb may be one node, a
+// Sentinel-managed primary or a cluster.
+func New(rdb redis.UniversalClient, prefix, name string) *Queue {
+	q := redisx.Keys{Prefix: prefix}.Tag(name)
 	return &Queue{rdb: rdb, keys: Keys{
 		Ready:            q,
 		Consumers:        q + ":consumers",

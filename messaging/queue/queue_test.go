@@ -3,7 +3,9 @@ package queue
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
+	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -22,15 +24,68 @@ import (
 // compares codes).
 var errUnavailableProbe = errs.New(errs.KindUnavailable, errs.CodeUnavailable, "unavailable")
 
-// queueTest is a Queue under a fresh key prefix on the real Redis.
-type queueTest struct {
-	q   *Queue
-	rdb *redis.Client
+func TestMain(m *testing.M) {
+	code := m.Run()
+	redistest.StopSharedCluster()
+	os.Exit(code)
 }
 
-func newQueueTest(t *testing.T) *queueTest {
+// backend is a Redis the queue's behaviour is checked on: the one node, and
+// a local three-master cluster, where every Lua script, MULTI and BLMOVE
+// must find its keys in one slot.
+type backend struct {
+	name string
+	// open returns a client and a fresh key prefix, both cleaned up
+	// when t ends.
+	open func(t testing.TB) (redis.UniversalClient, string)
+	// dial returns a client of its own, which the caller closes.
+	dial func(t *testing.T) redis.UniversalClient
+}
+
+var backends = []backend{
+	{
+		name: "single",
+		open: func(t testing.TB) (redis.UniversalClient, string) { return redistest.New(t) },
+		dial: func(t *testing.T) redis.UniversalClient {
+			c, err := redisx.Open(context.Background(), redistest.URL())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c
+		},
+	},
+	{
+		name: "cluster",
+		open: func(t testing.TB) (redis.UniversalClient, string) { return redistest.SharedCluster(t).Client(t) },
+		dial: func(t *testing.T) redis.UniversalClient {
+			c, err := redisx.OpenWith(context.Background(), redisx.Target{ClusterAddrs: redistest.SharedCluster(t).Addrs}, redisx.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c
+		},
+	},
+}
+
+// forBackends runs test on each backend, in parallel subtests.
+func forBackends(t *testing.T, test func(*testing.T, backend)) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			t.Parallel()
+			test(t, b)
+		})
+	}
+}
+
+// queueTest is a Queue under a fresh key prefix on a backend.
+type queueTest struct {
+	q   *Queue
+	rdb redis.UniversalClient
+}
+
+func (b backend) newQueueTest(t *testing.T) *queueTest {
 	t.Helper()
-	rdb, prefix := redistest.New(t)
+	rdb, prefix := b.open(t)
 	return &queueTest{q: New(rdb, prefix, "jobs"), rdb: rdb}
 }
 
@@ -134,7 +189,11 @@ func seq(from, to int64) []int64 {
 
 func TestQueueFIFO(t *testing.T) {
 	t.Parallel()
-	qt := newQueueTest(t)
+	forBackends(t, testQueueFIFO)
+}
+
+func testQueueFIFO(t *testing.T, b backend) {
+	qt := b.newQueueTest(t)
 	// More than one LPUSH chunk, in two pushes.
 	first, second := seq(1, 2500), seq(2501, 2600)
 	qt.push(t, first...)
@@ -169,7 +228,7 @@ func TestQueueFIFO(t *testing.T) {
 	}
 
 	t.Run("consumers have separate processing lists", func(t *testing.T) {
-		qt := newQueueTest(t)
+		qt := b.newQueueTest(t)
 		qt.push(t, 1, 2, 3)
 		a, b := qt.fetch(t, "a", 2), qt.fetch(t, "b", 5)
 		if diff := cmp.Diff([][]int64{{1, 2}, {3}}, [][]int64{a, b}); diff != "" {
@@ -181,7 +240,7 @@ func TestQueueFIFO(t *testing.T) {
 	})
 
 	t.Run("entries that are not ids are dropped", func(t *testing.T) {
-		qt := newQueueTest(t)
+		qt := b.newQueueTest(t)
 		if err := qt.rdb.LPush(context.Background(), qt.q.keys.Ready, "junk").Err(); err != nil {
 			t.Fatal(err)
 		}
@@ -197,6 +256,10 @@ func TestQueueFIFO(t *testing.T) {
 
 func TestQueueFetchEmptyWaits(t *testing.T) {
 	t.Parallel()
+	forBackends(t, testQueueFetchEmptyWaits)
+}
+
+func testQueueFetchEmptyWaits(t *testing.T, b backend) {
 	// 0 and sub-millisecond waits mean "do not block". BLMOVE reads a
 	// timeout of 0 as "block forever", and go-redis ignores context
 	// deadlines (ContextTimeoutEnabled is off), so each Fetch runs on its own
@@ -205,11 +268,8 @@ func TestQueueFetchEmptyWaits(t *testing.T) {
 	for _, wait := range waits {
 		t.Run(wait.String(), func(t *testing.T) {
 			t.Parallel()
-			qt := newQueueTest(t)
-			own, err := redisx.Open(context.Background(), redistest.URL())
-			if err != nil {
-				t.Fatal(err)
-			}
+			qt := b.newQueueTest(t)
+			own := b.dial(t)
 			q := &Queue{rdb: own, keys: qt.q.keys}
 			type fetched struct {
 				ids []int64
@@ -244,7 +304,7 @@ func TestQueueFetchEmptyWaits(t *testing.T) {
 
 	t.Run("wakes up for a job pushed while waiting", func(t *testing.T) {
 		t.Parallel()
-		qt := newQueueTest(t)
+		qt := b.newQueueTest(t)
 		pushed := make(chan error, 1)
 		time.AfterFunc(200*time.Millisecond, func() { pushed <- qt.q.Push(context.Background(), []int64{42}) })
 		start := time.Now()
@@ -287,6 +347,10 @@ func (qt *queueTest) state(t *testing.T, consumer string) queueState {
 
 func TestQueueSettle(t *testing.T) {
 	t.Parallel()
+	forBackends(t, testQueueSettle)
+}
+
+func testQueueSettle(t *testing.T, b backend) {
 	at := time.Date(2030, 1, 2, 3, 4, 5, 678_000_000, time.UTC)
 	ms := at.UnixMilli()
 	tests := []struct {
@@ -328,7 +392,7 @@ func TestQueueSettle(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			qt := newQueueTest(t)
+			qt := b.newQueueTest(t)
 			qt.push(t, 1, 2, 3, 4, 5)
 			if got := qt.fetch(t, "c", 5); len(got) != 5 {
 				t.Fatalf("fetched %v", got)
@@ -349,7 +413,7 @@ func TestQueueSettle(t *testing.T) {
 
 	t.Run("one copy per settlement", func(t *testing.T) {
 		t.Parallel()
-		qt := newQueueTest(t)
+		qt := b.newQueueTest(t)
 		qt.push(t, 9, 9, 9)
 		qt.fetch(t, "c", 3)
 		qt.settle(t, "c", Settlement{Done: []int64{9}})
@@ -360,7 +424,7 @@ func TestQueueSettle(t *testing.T) {
 
 	t.Run("dead letters newest first", func(t *testing.T) {
 		t.Parallel()
-		qt := newQueueTest(t)
+		qt := b.newQueueTest(t)
 		qt.push(t, 1, 2, 3)
 		qt.fetch(t, "c", 3)
 		for _, id := range []int64{2, 1, 3} {
@@ -378,12 +442,16 @@ func TestQueueSettle(t *testing.T) {
 
 func TestQueuePromoteDue(t *testing.T) {
 	t.Parallel()
+	forBackends(t, testQueuePromoteDue)
+}
+
+func testQueuePromoteDue(t *testing.T, b backend) {
 	now := time.Now()
 	ctx := context.Background()
 
 	t.Run("only due ids", func(t *testing.T) {
 		t.Parallel()
-		qt := newQueueTest(t)
+		qt := b.newQueueTest(t)
 		qt.push(t, seq(1, 10)...)
 		qt.fetch(t, "c", 10)
 		delay := map[int64]time.Time{}
@@ -415,7 +483,7 @@ func TestQueuePromoteDue(t *testing.T) {
 
 	t.Run("at most 1000 a call", func(t *testing.T) {
 		t.Parallel()
-		qt := newQueueTest(t)
+		qt := b.newQueueTest(t)
 		addDelayed(t, qt, seq(1, 1200), now.Add(-time.Minute))
 		var got []int
 		for {
@@ -435,7 +503,7 @@ func TestQueuePromoteDue(t *testing.T) {
 
 	t.Run("concurrent promoters never push an id twice", func(t *testing.T) {
 		t.Parallel()
-		qt := newQueueTest(t)
+		qt := b.newQueueTest(t)
 		due := seq(1, 5000)
 		addDelayed(t, qt, due, now.Add(-time.Minute))
 		addDelayed(t, qt, seq(100_001, 100_050), now.Add(time.Hour))
@@ -497,9 +565,13 @@ func addDelayed(t *testing.T, qt *queueTest, ids []int64, at time.Time) {
 
 func TestQueueReapDead(t *testing.T) {
 	t.Parallel()
+	forBackends(t, testQueueReapDead)
+}
+
+func testQueueReapDead(t *testing.T, b backend) {
 	ctx := context.Background()
 	now := time.Now()
-	qt := newQueueTest(t)
+	qt := b.newQueueTest(t)
 	qt.push(t, seq(1, 6)...)
 	if err := qt.q.Heartbeat(ctx, "dead", now.Add(-time.Minute)); err != nil {
 		t.Fatal(err)
@@ -547,8 +619,12 @@ func TestQueueReapDead(t *testing.T) {
 
 func TestQueueRelease(t *testing.T) {
 	t.Parallel()
+	forBackends(t, testQueueRelease)
+}
+
+func testQueueRelease(t *testing.T, b backend) {
 	ctx := context.Background()
-	qt := newQueueTest(t)
+	qt := b.newQueueTest(t)
 	qt.push(t, 1, 2, 3)
 	if err := qt.q.Heartbeat(ctx, "c", time.Now()); err != nil {
 		t.Fatal(err)
@@ -577,8 +653,12 @@ func TestQueueRelease(t *testing.T) {
 
 func TestQueueEnsureEpoch(t *testing.T) {
 	t.Parallel()
+	forBackends(t, testQueueEnsureEpoch)
+}
+
+func testQueueEnsureEpoch(t *testing.T, b backend) {
 	ctx := context.Background()
-	qt := newQueueTest(t)
+	qt := b.newQueueTest(t)
 	for i, want := range []bool{true, false, false} {
 		got, err := qt.q.EnsureEpoch(ctx)
 		if err != nil || got != want {
@@ -601,8 +681,12 @@ func TestQueueEnsureEpoch(t *testing.T) {
 
 func TestQueueDepths(t *testing.T) {
 	t.Parallel()
+	forBackends(t, testQueueDepths)
+}
+
+func testQueueDepths(t *testing.T, b backend) {
 	ctx := context.Background()
-	qt := newQueueTest(t)
+	qt := b.newQueueTest(t)
 	d, err := qt.q.Depths(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -657,5 +741,38 @@ func TestQueueUnavailable(t *testing.T) {
 				t.Errorf("error = %v, want UNAVAILABLE", err)
 			}
 		})
+	}
+}
+
+// TestQueueKeysShareASlot checks on the cluster that every key of a queue
+// hashes to one slot (the scripts need it), and that queues under other
+// prefixes hash elsewhere, so tests and deployments spread over the masters.
+func TestQueueKeysShareASlot(t *testing.T) {
+	t.Parallel()
+	rdb, prefix := redistest.SharedCluster(t).Client(t)
+	ctx := context.Background()
+	slotsOf := func(q *Queue) map[int64][]string {
+		k := q.Keys()
+		slots := map[int64][]string{}
+		for _, key := range []string{k.Ready, k.Consumers, k.Delayed, k.Dead, k.Epoch, k.ProcessingPrefix + "host-1a2b3c4d"} {
+			slot, err := rdb.ClusterKeySlot(ctx, key).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			slots[slot] = append(slots[slot], key)
+		}
+		return slots
+	}
+	if a := slotsOf(New(rdb, prefix, "jobs")); len(a) != 1 {
+		t.Fatalf("one queue's keys are in %d slots: %v", len(a), a)
+	}
+	spread := map[int64]bool{}
+	for i := range 8 {
+		for slot := range slotsOf(New(rdb, fmt.Sprintf("%s%d:", prefix, i), "jobs")) {
+			spread[slot] = true
+		}
+	}
+	if len(spread) < 2 {
+		t.Errorf("queues under 8 prefixes all hash to slots %v: the prefix is not inside the tag", spread)
 	}
 }

@@ -70,12 +70,16 @@ func New(rdb redis.UniversalClient, prefix string, opts Options) *Gate {
 		opts: opts, cache: map[string]brakeState{}}
 }
 
-func (g *Gate) brakeKey(provider string) string { return g.keys.Key("provider:" + provider + ":brake") }
+// A provider's brake, strikes and cool-down keys share one hash tag
+// ({<prefix>provider:<name>}): read reads brake and cool-down in one MGET,
+// which a Redis Cluster serves only within one slot. The limiter's own key
+// stands alone (one key per script).
+func (g *Gate) brakeKey(provider string) string { return g.keys.Tag("provider:"+provider) + ":brake" }
 func (g *Gate) strikesKey(provider string) string {
-	return g.keys.Key("provider:" + provider + ":strikes")
+	return g.keys.Tag("provider:"+provider) + ":strikes"
 }
 func (g *Gate) cooldownKey(provider string) string {
-	return g.keys.Key("provider:" + provider + ":cooldown")
+	return g.keys.Tag("provider:"+provider) + ":cooldown"
 }
 
 // Admit implements the pool's Gate: 0 when provider may take a message

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/campaignd/dispatch/platform/redisx/redistest"
 )
 
@@ -67,14 +69,30 @@ func TestSharedRateAcrossReplicas(t *testing.T) {
 }
 
 // TestBrakeHoldsForEveryReplica: a brake set by one replica stops the
-// other, does not grow while it holds, and doubles when it strikes again.
+// other, does not grow while it holds, and doubles when it strikes again;
+// on one node and on a three-master cluster (brake and cool-down are read
+// in one MGET, so they must share a slot).
 func TestBrakeHoldsForEveryReplica(t *testing.T) {
 	t.Parallel()
-	rdb, prefix := redistest.New(t)
+	t.Run("single", func(t *testing.T) {
+		t.Parallel()
+		rdb, prefix := redistest.New(t)
+		testBrake(t, rdb, prefix)
+	})
+	t.Run("cluster", func(t *testing.T) {
+		t.Parallel()
+		rdb, prefix := redistest.NewCluster(t).Client(t)
+		testBrake(t, rdb, prefix)
+	})
+}
+
+func testBrake(t *testing.T, rdb redis.UniversalClient, prefix string) {
 	opts := Options{Brake: 300 * time.Millisecond, MaxBrake: 5 * time.Second, CacheFor: time.Millisecond}
 	a, b := New(rdb, prefix, opts), New(rdb, prefix, opts)
 	ctx := context.Background()
 
+	// A cool-down shorter than the brake: read takes the later of the two.
+	a.Throttled(ctx, "africastalking", 100*time.Millisecond)
 	d := a.Brake(ctx, "africastalking", "africastalking: account 405: InsufficientBalance")
 	if d != 300*time.Millisecond {
 		t.Fatalf("first brake = %v, want 300ms", d)

@@ -40,7 +40,7 @@ type Options struct {
 // If Redis cannot be reached the request is admitted and a warning logged:
 // the limiter protects the service, and an outage of it should not take the
 // whole API down with it.
-func Middleware(rdb *redis.Client, o Options) echo.MiddlewareFunc {
+func Middleware(rdb redis.UniversalClient, o Options) echo.MiddlewareFunc {
 	limiter := redis_rate.NewLimiter(rdb)
 	limit := redis_rate.Limit{Rate: o.Rate, Burst: o.Burst, Period: time.Second}
 	return func(next echo.HandlerFunc) echo.HandlerFunc {

@@ -38,25 +38,54 @@ func New(t testing.TB) (*redis.Client, string) {
 	}
 	b := make([]byte, 6)
 	_, _ = rand.Read(b)
-	prefix := "test:" + hex.EncodeToString(b) + ":"
+	prefix := NewPrefix()
 	t.Cleanup(func() {
 		defer c.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		iter := c.Scan(ctx, 0, prefix+"*", 500).Iterator()
-		var keys []string
-		for iter.Next(ctx) {
-			keys = append(keys, iter.Val())
-		}
-		if err := iter.Err(); err != nil {
-			t.Errorf("scan test keys: %v", err)
-			return
-		}
-		if len(keys) > 0 {
-			if err := c.Del(ctx, keys...).Err(); err != nil {
-				t.Errorf("delete test keys: %v", err)
-			}
+		if err := DeletePrefix(ctx, c, prefix); err != nil {
+			t.Errorf("delete test keys: %v", err)
 		}
 	})
 	return c, prefix
+}
+
+// NewPrefix returns a fresh test key prefix, "test:<random>:".
+func NewPrefix() string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return "test:" + hex.EncodeToString(b) + ":"
+}
+
+// DeletePrefix deletes every key under prefix, hash-tagged ones
+// ("{<prefix>...}", redisx.Keys.Tag) included, on every master of c.
+func DeletePrefix(ctx context.Context, c redis.UniversalClient, prefix string) error {
+	return redisx.ForEachMaster(ctx, c, func(ctx context.Context, node *redis.Client) error {
+		var keys []string
+		for _, pattern := range []string{prefix + "*", "{" + prefix + "*"} {
+			iter := node.Scan(ctx, 0, pattern, 500).Iterator()
+			for iter.Next(ctx) {
+				keys = append(keys, iter.Val())
+			}
+			if err := iter.Err(); err != nil {
+				return err
+			}
+		}
+		// One DEL per key: a cluster node refuses a DEL whose keys are in
+		// different slots, even slots it owns.
+		for len(keys) > 0 {
+			n := min(len(keys), 500)
+			_, err := node.Pipelined(ctx, func(p redis.Pipeliner) error {
+				for _, k := range keys[:n] {
+					p.Del(ctx, k)
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			keys = keys[n:]
+		}
+		return nil
+	})
 }
