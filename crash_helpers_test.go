@@ -174,21 +174,29 @@ func newCrashEnv(t *testing.T, redisURL string, overrides map[string]string) *cr
 }
 
 // env is the subprocess environment: a minimal base (so that the caller's
-// own DATABASE_URL, API_PORT... cannot leak in) plus the test's keys.
-func (e *crashEnv) env() []string {
+// own DATABASE_URL, API_PORT... cannot leak in) plus the test's keys, and
+// then one process's own (extra, may be nil).
+func (e *crashEnv) env(extra map[string]string) []string {
 	out := []string{}
 	for _, k := range []string{"PATH", "HOME", "TMPDIR", "TZ"} {
 		if v, ok := os.LookupEnv(k); ok {
 			out = append(out, k+"="+v)
 		}
 	}
-	keys := make([]string, 0, len(e.vars))
-	for k := range e.vars {
+	vars := make(map[string]string, len(e.vars)+len(extra))
+	for k, v := range e.vars {
+		vars[k] = v
+	}
+	for k, v := range extra {
+		vars[k] = v
+	}
+	keys := make([]string, 0, len(vars))
+	for k := range vars {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		out = append(out, k+"="+e.vars[k])
+		out = append(out, k+"="+vars[k])
 	}
 	return out
 }
@@ -249,14 +257,37 @@ func (p *dispatchProc) kill(t *testing.T) {
 // /health answers 200. It retries with another port if the chosen one was
 // taken meanwhile.
 func (e *crashEnv) start(name string) *dispatchProc {
+	e.t.Helper()
+	return e.startWith(name, nil)
+}
+
+// startReplica starts one more process beside those running, on a port of
+// its own, with extra (may be nil) on top of the test's environment.
+func (e *crashEnv) startReplica(name string, extra map[string]string) *dispatchProc {
+	e.t.Helper()
+	own := map[string]string{"API_PORT": strconv.Itoa(freePort(e.t))}
+	for k, v := range extra {
+		own[k] = v
+	}
+	return e.startWith(name, own)
+}
+
+// startWith is start with extra (may be nil) on top of the test's
+// environment, for this process only.
+func (e *crashEnv) startWith(name string, extra map[string]string) *dispatchProc {
 	t := e.t
 	t.Helper()
 	for attempt := 1; ; attempt++ {
-		p, err := e.startOnce(name)
+		p, err := e.startOnce(name, extra)
 		if err == nil {
 			return p
 		}
 		if attempt < 3 && strings.Contains(p.out.String(), "listen on port") {
+			if _, own := extra["API_PORT"]; own {
+				t.Logf("port %s was taken; retrying with another", extra["API_PORT"])
+				extra["API_PORT"] = strconv.Itoa(freePort(t))
+				continue
+			}
 			t.Logf("port %s was taken; retrying with another", e.vars["API_PORT"])
 			e.vars["API_PORT"] = strconv.Itoa(freePort(t))
 			continue
@@ -265,16 +296,20 @@ func (e *crashEnv) start(name string) *dispatchProc {
 	}
 }
 
-func (e *crashEnv) startOnce(name string) (*dispatchProc, error) {
+func (e *crashEnv) startOnce(name string, extra map[string]string) (*dispatchProc, error) {
 	t := e.t
 	cmd := exec.Command(dispatchBin)
-	cmd.Env = e.env()
+	cmd.Env = e.env(extra)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	out := &logtest.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.WaitDelay = 5 * time.Second
+	port := e.vars["API_PORT"]
+	if p, ok := extra["API_PORT"]; ok {
+		port = p
+	}
 	p := &dispatchProc{name: name, cmd: cmd, out: out, done: make(chan struct{}),
-		base: "http://127.0.0.1:" + e.vars["API_PORT"]}
+		base: "http://127.0.0.1:" + port}
 	started := time.Now()
 	if err := cmd.Start(); err != nil {
 		return p, err
@@ -316,7 +351,13 @@ func (e *crashEnv) startOnce(name string) (*dispatchProc, error) {
 	e.event("process %q (pid %d) healthy after %v", name, p.pid(), time.Since(started).Round(time.Millisecond))
 
 	if e.db == nil {
-		db, err := sqlx.Connect("postgres", e.vars["DATABASE_URL"])
+		// The test reads PostgreSQL itself, not through a pooler the
+		// processes may be given (DATABASE_DIRECT_URL).
+		dsn := e.vars["DATABASE_URL"]
+		if d := e.vars["DATABASE_DIRECT_URL"]; d != "" {
+			dsn = d
+		}
+		db, err := sqlx.Connect("postgres", dsn)
 		if err != nil {
 			return p, fmt.Errorf("test connection to the app's database: %w", err)
 		}
