@@ -69,7 +69,7 @@ func TestMain(m *testing.M) {
 
 // requireBinary skips in -short mode and fails when TestMain could not build
 // the binary.
-func requireBinary(t *testing.T) {
+func requireBinary(t testing.TB) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("crash tests run the built binary against PostgreSQL and Redis; skipped in -short mode")
@@ -125,7 +125,7 @@ func baseCrashVars() map[string]string {
 // process), a Redis key prefix of its own, the processes started so far and
 // the campaign under test.
 type crashEnv struct {
-	t        *testing.T
+	t        testing.TB
 	vars     map[string]string
 	redisURL string
 	db       *sqlx.DB // the test's own connection to DATABASE_URL, opened after the first start
@@ -137,7 +137,7 @@ type crashEnv struct {
 	messages   int
 }
 
-func newCrashEnv(t *testing.T, redisURL string, overrides map[string]string) *crashEnv {
+func newCrashEnv(t testing.TB, redisURL string, overrides map[string]string) *crashEnv {
 	t.Helper()
 	requireBinary(t)
 	dbURL := pgtest.NewDatabase(t) // dropped last: registered first
@@ -243,7 +243,7 @@ func (p *dispatchProc) wait(timeout time.Duration) bool {
 }
 
 // kill SIGKILLs the process group and waits for the process to be gone.
-func (p *dispatchProc) kill(t *testing.T) {
+func (p *dispatchProc) kill(t testing.TB) {
 	t.Helper()
 	if err := p.signalGroup(syscall.SIGKILL); err != nil && !p.exited() {
 		t.Fatalf("SIGKILL %s: %v", p.name, err)
@@ -369,7 +369,7 @@ func (e *crashEnv) startOnce(name string, extra map[string]string) (*dispatchPro
 
 // ---- client side: data set-up over HTTP ----
 
-func (p *dispatchProc) do(t *testing.T, method, path, contentType string, body []byte, want int, out any) {
+func (p *dispatchProc) do(t testing.TB, method, path, contentType string, body []byte, want int, out any) {
 	t.Helper()
 	req, err := http.NewRequest(method, p.base+path, bytes.NewReader(body))
 	if err != nil {
@@ -399,6 +399,14 @@ func (p *dispatchProc) do(t *testing.T, method, path, contentType string, body [
 // setupCampaign imports n customers as CSV, creates an SMS campaign and
 // sends it to all of them, as a client would.
 func (e *crashEnv) setupCampaign(p *dispatchProc, n int) {
+	e.t.Helper()
+	ids := e.importCustomers(p, n)
+	e.createCampaign(p)
+	e.sendCampaign(p, ids)
+}
+
+// importCustomers imports n customers as CSV and returns their ids.
+func (e *crashEnv) importCustomers(p *dispatchProc, n int) []int64 {
 	t := e.t
 	t.Helper()
 	var csv strings.Builder
@@ -415,7 +423,14 @@ func (e *crashEnv) setupCampaign(p *dispatchProc, n int) {
 	if len(ids) != n {
 		t.Fatalf("imported %d customers, want %d", len(ids), n)
 	}
+	return ids
+}
 
+// createCampaign creates an SMS campaign and makes it the env's campaign
+// under test.
+func (e *crashEnv) createCampaign(p *dispatchProc) {
+	t := e.t
+	t.Helper()
 	var camp struct {
 		ID int64 `json:"id"`
 	}
@@ -424,16 +439,23 @@ func (e *crashEnv) setupCampaign(p *dispatchProc, n int) {
 	if camp.ID == 0 {
 		t.Fatal("POST /campaigns returned no id")
 	}
+	e.campaignID, e.messages = camp.ID, 0
+}
 
-	body, _ = json.Marshal(map[string][]int64{"customer_ids": ids})
+// sendCampaign sends the campaign under test to ids and returns once the
+// send was accepted (202).
+func (e *crashEnv) sendCampaign(p *dispatchProc, ids []int64) {
+	t := e.t
+	t.Helper()
+	body, _ := json.Marshal(map[string][]int64{"customer_ids": ids})
 	var sent struct {
 		MessagesQueued int `json:"messages_queued"`
 	}
-	p.do(t, "POST", fmt.Sprintf("/campaigns/%d/send", camp.ID), "application/json", body, http.StatusAccepted, &sent)
-	if sent.MessagesQueued != n {
-		t.Fatalf("send queued %d messages, want %d", sent.MessagesQueued, n)
+	p.do(t, "POST", fmt.Sprintf("/campaigns/%d/send", e.campaignID), "application/json", body, http.StatusAccepted, &sent)
+	if sent.MessagesQueued != len(ids) {
+		t.Fatalf("send queued %d messages, want %d", sent.MessagesQueued, len(ids))
 	}
-	e.campaignID, e.messages = camp.ID, n
+	e.messages = len(ids)
 }
 
 // ---- PostgreSQL side: progress and the final verdict ----
@@ -652,7 +674,7 @@ func randomHex(n int) string {
 }
 
 // freePort asks the kernel for a free TCP port.
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -670,7 +692,7 @@ func defaultRedisURL() string {
 }
 
 // deletePrefix removes every key under prefix (SCAN + DEL).
-func deletePrefix(t *testing.T, redisURL, prefix string) {
+func deletePrefix(t testing.TB, redisURL, prefix string) {
 	opts, err := redis.ParseURL(redisURL)
 	if err != nil {
 		t.Errorf("parse %s: %v", redisURL, err)
@@ -704,7 +726,7 @@ func deletePrefix(t *testing.T, redisURL, prefix string) {
 
 // startPrivateRedis runs a redis-server of the test's own, without
 // persistence, and returns its URL and a client. Killed at cleanup.
-func startPrivateRedis(t *testing.T) (string, *redis.Client) {
+func startPrivateRedis(t testing.TB) (string, *redis.Client) {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -729,7 +751,7 @@ func startPrivateRedis(t *testing.T) (string, *redis.Client) {
 // runRedisServer starts bin (redis-server, no persistence) on port, killed
 // when the test ends, and waits up to 10s for c to answer. The error carries
 // the server's output.
-func runRedisServer(t *testing.T, bin string, port int, c *redis.Client) error {
+func runRedisServer(t testing.TB, bin string, port int, c *redis.Client) error {
 	t.Helper()
 	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--daemonize", "no")

@@ -127,7 +127,7 @@ SELECT count(*) FROM outbound_messages WHERE id = ANY($1) AND status IN ('pendin
 
 // consumerOf reads p's worker consumer id (its processing list's name) from
 // the pool's start-up log line.
-func consumerOf(t *testing.T, p *dispatchProc) string {
+func consumerOf(t testing.TB, p *dispatchProc) string {
 	t.Helper()
 	re := regexp.MustCompile(`"consumer":"([^"]+)"`)
 	for line := range strings.Lines(p.out.String()) {
@@ -142,7 +142,7 @@ func consumerOf(t *testing.T, p *dispatchProc) string {
 }
 
 // redisClient is a client of url, closed when the test ends.
-func redisClient(t *testing.T, url string) *redis.Client {
+func redisClient(t testing.TB, url string) *redis.Client {
 	t.Helper()
 	opts, err := redis.ParseURL(url)
 	if err != nil {
