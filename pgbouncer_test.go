@@ -114,9 +114,16 @@ func TestPgBouncerTransactionPooling(t *testing.T) {
 		t.Errorf("PgBouncer saw at most %d client connections, not more than the server's max_connections %d: "+
 			"the test did not show more replicas' connections than the server allows", peak.clients, maxConns)
 	}
+	if !strings.Contains(procs[0].out.String(), `"through":"database.direct_url"`) {
+		t.Errorf("the first replica did not log migrating through database.direct_url")
+	}
 	for _, p := range procs {
 		if p.exited() {
 			t.Errorf("replica %s exited: %v", p.name, p.state)
+		}
+		// Behind PgBouncer a replica's pool is not the server's concern.
+		if out := p.out.String(); strings.Contains(out, "can exhaust the server") || !strings.Contains(out, "connection budget not checked") {
+			t.Errorf("replica %s checked its pool against max_connections behind PgBouncer", p.name)
 		}
 		for line := range strings.Lines(p.out.String()) {
 			if strings.Contains(line, `"level":"ERROR"`) || strings.Contains(line, "prepared statement") {
