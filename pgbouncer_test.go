@@ -29,10 +29,10 @@ import (
 // server connections it opens for the test's database.
 const pgbouncerPoolSize = 10
 
-// TestPgBouncerTransactionPooling runs replicas behind PgBouncer in
+// TestPgBouncerTransactionPooling runs three replicas behind PgBouncer in
 // transaction pooling mode (DATABASE_PGBOUNCER=true, migrations through
-// DATABASE_DIRECT_URL), as many as it takes for their pools together
-// (DATABASE_MAX_OPEN_CONNS=40 each, plus the probes') to exceed the server's
+// DATABASE_DIRECT_URL) whose pools together (DATABASE_MAX_OPEN_CONNS=40
+// each, more on a larger server, plus the probes') exceed the server's
 // max_connections. While a campaign is delivered, paused and resumed, and
 // bursts of API reads make every pool open its connections, the server
 // sees no more than PgBouncer's pool of the test's database; the campaign
@@ -41,7 +41,12 @@ const pgbouncerPoolSize = 10
 func TestPgBouncerTransactionPooling(t *testing.T) {
 	t.Parallel()
 	requireBinary(t)
-	const perReplica = 40
+	// Three replicas whose pools (plus the probes' 2 each) exceed the
+	// server's max_connections: the default 40 each against a default
+	// server's 100.
+	const replicas = 3
+	maxConns := serverMaxConnections(t)
+	perReplica := max(40, maxConns/replicas+1)
 	e := newCrashEnv(t, defaultRedisURL(), map[string]string{
 		"DATABASE_MAX_OPEN_CONNS": strconv.Itoa(perReplica),
 		"DATABASE_MAX_IDLE_CONNS": strconv.Itoa(perReplica),
@@ -50,11 +55,6 @@ func TestPgBouncerTransactionPooling(t *testing.T) {
 		"SENDER_MIN_LATENCY":      "50ms",
 		"SENDER_MAX_LATENCY":      "100ms",
 	})
-	maxConns := serverMaxConnections(t)
-	replicas := maxConns/(perReplica+2) + 1 // the probes hold 2 more each
-	if replicas < 3 {
-		replicas = 3
-	}
 
 	// The test's own connections reach PostgreSQL directly, named so that
 	// the server's view of PgBouncer's connections can leave them out; so
