@@ -71,7 +71,7 @@ func TestMain(m *testing.M) {
 
 // requireBinary skips in -short mode and fails when TestMain could not build
 // the binary.
-func requireBinary(t *testing.T) {
+func requireBinary(t testing.TB) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("crash tests run the built binary against PostgreSQL and Redis; skipped in -short mode")
@@ -127,7 +127,7 @@ func baseCrashVars() map[string]string {
 // process), a Redis key prefix of its own, the processes started so far and
 // the campaign under test.
 type crashEnv struct {
-	t        *testing.T
+	t        testing.TB
 	vars     map[string]string
 	redisURL string
 	db       *sqlx.DB // the test's own connection to DATABASE_URL, opened after the first start
@@ -139,7 +139,7 @@ type crashEnv struct {
 	messages   int
 }
 
-func newCrashEnv(t *testing.T, redisURL string, overrides map[string]string) *crashEnv {
+func newCrashEnv(t testing.TB, redisURL string, overrides map[string]string) *crashEnv {
 	t.Helper()
 	requireBinary(t)
 	dbURL := pgtest.NewDatabase(t) // dropped last: registered first
@@ -180,21 +180,29 @@ func newCrashEnv(t *testing.T, redisURL string, overrides map[string]string) *cr
 }
 
 // env is the subprocess environment: a minimal base (so that the caller's
-// own DATABASE_URL, API_PORT... cannot leak in) plus the test's keys.
-func (e *crashEnv) env() []string {
+// own DATABASE_URL, API_PORT... cannot leak in) plus the test's keys, and
+// then one process's own (extra, may be nil).
+func (e *crashEnv) env(extra map[string]string) []string {
 	out := []string{}
 	for _, k := range []string{"PATH", "HOME", "TMPDIR", "TZ"} {
 		if v, ok := os.LookupEnv(k); ok {
 			out = append(out, k+"="+v)
 		}
 	}
-	keys := make([]string, 0, len(e.vars))
-	for k := range e.vars {
+	vars := make(map[string]string, len(e.vars)+len(extra))
+	for k, v := range e.vars {
+		vars[k] = v
+	}
+	for k, v := range extra {
+		vars[k] = v
+	}
+	keys := make([]string, 0, len(vars))
+	for k := range vars {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		out = append(out, k+"="+e.vars[k])
+		out = append(out, k+"="+vars[k])
 	}
 	return out
 }
@@ -241,7 +249,7 @@ func (p *dispatchProc) wait(timeout time.Duration) bool {
 }
 
 // kill SIGKILLs the process group and waits for the process to be gone.
-func (p *dispatchProc) kill(t *testing.T) {
+func (p *dispatchProc) kill(t testing.TB) {
 	t.Helper()
 	if err := p.signalGroup(syscall.SIGKILL); err != nil && !p.exited() {
 		t.Fatalf("SIGKILL %s: %v", p.name, err)
@@ -255,14 +263,37 @@ func (p *dispatchProc) kill(t *testing.T) {
 // /health answers 200. It retries with another port if the chosen one was
 // taken meanwhile.
 func (e *crashEnv) start(name string) *dispatchProc {
+	e.t.Helper()
+	return e.startWith(name, nil)
+}
+
+// startReplica starts one more process beside those running, on a port of
+// its own, with extra (may be nil) on top of the test's environment.
+func (e *crashEnv) startReplica(name string, extra map[string]string) *dispatchProc {
+	e.t.Helper()
+	own := map[string]string{"API_PORT": strconv.Itoa(freePort(e.t))}
+	for k, v := range extra {
+		own[k] = v
+	}
+	return e.startWith(name, own)
+}
+
+// startWith is start with extra (may be nil) on top of the test's
+// environment, for this process only.
+func (e *crashEnv) startWith(name string, extra map[string]string) *dispatchProc {
 	t := e.t
 	t.Helper()
 	for attempt := 1; ; attempt++ {
-		p, err := e.startOnce(name)
+		p, err := e.startOnce(name, extra)
 		if err == nil {
 			return p
 		}
 		if attempt < 3 && strings.Contains(p.out.String(), "listen on port") {
+			if _, own := extra["API_PORT"]; own {
+				t.Logf("port %s was taken; retrying with another", extra["API_PORT"])
+				extra["API_PORT"] = strconv.Itoa(freePort(t))
+				continue
+			}
 			t.Logf("port %s was taken; retrying with another", e.vars["API_PORT"])
 			e.vars["API_PORT"] = strconv.Itoa(freePort(t))
 			continue
@@ -271,16 +302,20 @@ func (e *crashEnv) start(name string) *dispatchProc {
 	}
 }
 
-func (e *crashEnv) startOnce(name string) (*dispatchProc, error) {
+func (e *crashEnv) startOnce(name string, extra map[string]string) (*dispatchProc, error) {
 	t := e.t
 	cmd := exec.Command(dispatchBin)
-	cmd.Env = e.env()
+	cmd.Env = e.env(extra)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	out := &logtest.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.WaitDelay = 5 * time.Second
+	port := e.vars["API_PORT"]
+	if p, ok := extra["API_PORT"]; ok {
+		port = p
+	}
 	p := &dispatchProc{name: name, cmd: cmd, out: out, done: make(chan struct{}),
-		base: "http://127.0.0.1:" + e.vars["API_PORT"]}
+		base: "http://127.0.0.1:" + port}
 	started := time.Now()
 	if err := cmd.Start(); err != nil {
 		return p, err
@@ -322,7 +357,13 @@ func (e *crashEnv) startOnce(name string) (*dispatchProc, error) {
 	e.event("process %q (pid %d) healthy after %v", name, p.pid(), time.Since(started).Round(time.Millisecond))
 
 	if e.db == nil {
-		db, err := sqlx.Connect("postgres", e.vars["DATABASE_URL"])
+		// The test reads PostgreSQL itself, not through a pooler the
+		// processes may be given (DATABASE_DIRECT_URL).
+		dsn := e.vars["DATABASE_URL"]
+		if d := e.vars["DATABASE_DIRECT_URL"]; d != "" {
+			dsn = d
+		}
+		db, err := sqlx.Connect("postgres", dsn)
 		if err != nil {
 			return p, fmt.Errorf("test connection to the app's database: %w", err)
 		}
@@ -334,7 +375,7 @@ func (e *crashEnv) startOnce(name string) (*dispatchProc, error) {
 
 // ---- client side: data set-up over HTTP ----
 
-func (p *dispatchProc) do(t *testing.T, method, path, contentType string, body []byte, want int, out any) {
+func (p *dispatchProc) do(t testing.TB, method, path, contentType string, body []byte, want int, out any) {
 	t.Helper()
 	req, err := http.NewRequest(method, p.base+path, bytes.NewReader(body))
 	if err != nil {
@@ -364,6 +405,14 @@ func (p *dispatchProc) do(t *testing.T, method, path, contentType string, body [
 // setupCampaign imports n customers as CSV, creates an SMS campaign and
 // sends it to all of them, as a client would.
 func (e *crashEnv) setupCampaign(p *dispatchProc, n int) {
+	e.t.Helper()
+	ids := e.importCustomers(p, n)
+	e.createCampaign(p)
+	e.sendCampaign(p, ids)
+}
+
+// importCustomers imports n customers as CSV and returns their ids.
+func (e *crashEnv) importCustomers(p *dispatchProc, n int) []int64 {
 	t := e.t
 	t.Helper()
 	var csv strings.Builder
@@ -380,7 +429,14 @@ func (e *crashEnv) setupCampaign(p *dispatchProc, n int) {
 	if len(ids) != n {
 		t.Fatalf("imported %d customers, want %d", len(ids), n)
 	}
+	return ids
+}
 
+// createCampaign creates an SMS campaign and makes it the env's campaign
+// under test.
+func (e *crashEnv) createCampaign(p *dispatchProc) {
+	t := e.t
+	t.Helper()
 	var camp struct {
 		ID int64 `json:"id"`
 	}
@@ -389,16 +445,23 @@ func (e *crashEnv) setupCampaign(p *dispatchProc, n int) {
 	if camp.ID == 0 {
 		t.Fatal("POST /campaigns returned no id")
 	}
+	e.campaignID, e.messages = camp.ID, 0
+}
 
-	body, _ = json.Marshal(map[string][]int64{"customer_ids": ids})
+// sendCampaign sends the campaign under test to ids and returns once the
+// send was accepted (202).
+func (e *crashEnv) sendCampaign(p *dispatchProc, ids []int64) {
+	t := e.t
+	t.Helper()
+	body, _ := json.Marshal(map[string][]int64{"customer_ids": ids})
 	var sent struct {
 		MessagesQueued int `json:"messages_queued"`
 	}
-	p.do(t, "POST", fmt.Sprintf("/campaigns/%d/send", camp.ID), "application/json", body, http.StatusAccepted, &sent)
-	if sent.MessagesQueued != n {
-		t.Fatalf("send queued %d messages, want %d", sent.MessagesQueued, n)
+	p.do(t, "POST", fmt.Sprintf("/campaigns/%d/send", e.campaignID), "application/json", body, http.StatusAccepted, &sent)
+	if sent.MessagesQueued != len(ids) {
+		t.Fatalf("send queued %d messages, want %d", sent.MessagesQueued, len(ids))
 	}
-	e.campaignID, e.messages = camp.ID, n
+	e.messages = len(ids)
 }
 
 // ---- PostgreSQL side: progress and the final verdict ----
@@ -633,7 +696,7 @@ func randomHex(n int) string {
 }
 
 // freePort asks the kernel for a free TCP port.
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -652,7 +715,7 @@ func defaultRedisURL() string {
 
 // deletePrefix removes every key under prefix, hash-tagged ones
 // ("{<prefix>...}") included (redistest.DeletePrefix).
-func deletePrefix(t *testing.T, redisURL, prefix string) {
+func deletePrefix(t testing.TB, redisURL, prefix string) {
 	opts, err := redis.ParseURL(redisURL)
 	if err != nil {
 		t.Errorf("parse %s: %v", redisURL, err)
@@ -672,7 +735,7 @@ func deletePrefix(t *testing.T, redisURL, prefix string) {
 
 // startPrivateRedis runs a redis-server of the test's own, without
 // persistence, and returns its URL and a client. Killed at cleanup.
-func startPrivateRedis(t *testing.T) (string, *redis.Client) {
+func startPrivateRedis(t testing.TB) (string, *redis.Client) {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -697,7 +760,7 @@ func startPrivateRedis(t *testing.T) (string, *redis.Client) {
 // runRedisServer starts bin (redis-server, no persistence) on port, killed
 // when the test ends, and waits up to 10s for c to answer. The error carries
 // the server's output.
-func runRedisServer(t *testing.T, bin string, port int, c *redis.Client) error {
+func runRedisServer(t testing.TB, bin string, port int, c *redis.Client) error {
 	t.Helper()
 	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--daemonize", "no")

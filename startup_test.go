@@ -132,7 +132,7 @@ func (e *crashEnv) runToExit(timeout time.Duration) (code int, stdout, stderr st
 	t := e.t
 	t.Helper()
 	cmd := exec.Command(dispatchBin)
-	cmd.Env = e.env()
+	cmd.Env = e.env(nil)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut

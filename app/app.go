@@ -100,16 +100,24 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error) 
 		log.Warn("authentication is DISABLED (AUTH_DISABLED=true): anyone who reaches this port can read and message every customer")
 	}
 
+	// With database.direct_url (behind PgBouncer), the database is created
+	// and migrated through it first; the pool then only serves.
+	direct := cfg.Database.DirectURL != ""
+	if direct && (cfg.Database.CreateIfMissing || cfg.Database.MigrateOnStart) {
+		if err := migrateDirect(ctx, cfg, log); err != nil {
+			return nil, err
+		}
+	}
 	a.db, err = openPostgres(ctx, cfg, log, postgres.Options{
 		MaxOpenConns:    cfg.Database.MaxOpenConns,
 		MaxIdleConns:    cfg.Database.MaxIdleConns,
 		ConnMaxLifetime: cfg.Database.ConnMaxLifetime,
-		CreateDatabase:  cfg.Database.CreateIfMissing,
+		CreateDatabase:  cfg.Database.CreateIfMissing && !direct,
 	})
 	if err != nil {
 		return nil, err
 	}
-	if cfg.Database.MigrateOnStart {
+	if cfg.Database.MigrateOnStart && !direct {
 		n, err := migrations.Up(ctx, a.db.DB)
 		if err != nil {
 			return nil, err

@@ -91,7 +91,7 @@ func Main(ctx context.Context, cfg Config, log *slog.Logger, args []string, out 
 // openMigrated opens a small pool for a one-off command and applies pending
 // migrations first, as serve would.
 func openMigrated(ctx context.Context, cfg Config, log *slog.Logger) (*sqlx.DB, error) {
-	db, err := openPostgres(ctx, cfg, log, postgres.Options{MaxOpenConns: 2, CreateDatabase: cfg.Database.CreateIfMissing})
+	db, err := openPostgresDirect(ctx, cfg, log, postgres.Options{MaxOpenConns: 2, CreateDatabase: cfg.Database.CreateIfMissing})
 	if err != nil {
 		return nil, err
 	}
@@ -103,7 +103,7 @@ func openMigrated(ctx context.Context, cfg Config, log *slog.Logger) (*sqlx.DB, 
 }
 
 func migrate(ctx context.Context, cfg Config, log *slog.Logger, sub string, out io.Writer) error {
-	db, err := openPostgres(ctx, cfg, log, postgres.Options{MaxOpenConns: 2, CreateDatabase: cfg.Database.CreateIfMissing})
+	db, err := openPostgresDirect(ctx, cfg, log, postgres.Options{MaxOpenConns: 2, CreateDatabase: cfg.Database.CreateIfMissing})
 	if err != nil {
 		return err
 	}

@@ -29,7 +29,14 @@ import (
 type Config struct {
 	StartupTimeout time.Duration `mapstructure:"startup_timeout"`
 	Database       struct {
-		URL             string        `mapstructure:"url"`
+		URL string `mapstructure:"url"`
+		// DirectURL reaches PostgreSQL itself when URL is PgBouncer's:
+		// creating the database and migrations go through it. Empty: URL.
+		DirectURL string `mapstructure:"direct_url"`
+		// PgBouncer says URL is PgBouncer in transaction pooling mode: no
+		// statement is prepared on the server, every query takes one round
+		// trip, and the start-up check of max_connections is skipped.
+		PgBouncer       bool          `mapstructure:"pgbouncer"`
 		CreateIfMissing bool          `mapstructure:"create_if_missing"`
 		MigrateOnStart  bool          `mapstructure:"migrate_on_start"`
 		SeedOnStart     bool          `mapstructure:"seed_on_start"`
@@ -247,6 +254,11 @@ func (c Config) Validate() error {
 		}
 	} else if u, err := url.Parse(c.Database.URL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
 		bad("database.url (DATABASE_URL) must be a postgres:// URL")
+	}
+	if c.Database.DirectURL != "" {
+		if u, err := url.Parse(c.Database.DirectURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+			bad("database.direct_url (DATABASE_DIRECT_URL) must be a postgres:// URL")
+		}
 	}
 	if c.StartupTimeout <= 0 {
 		bad("startup_timeout (STARTUP_TIMEOUT) must be positive")
@@ -507,10 +519,23 @@ func (c Config) DatabaseURL() string {
 	return u.String()
 }
 
+// DirectDatabaseURL reaches PostgreSQL itself, not a pooler in front of it:
+// database.direct_url, or DatabaseURL when it is empty. Start-up creates the
+// database and migrates through it.
+func (c Config) DirectDatabaseURL() string {
+	if c.Database.DirectURL != "" {
+		return c.Database.DirectURL
+	}
+	return c.DatabaseURL()
+}
+
 // Masked returns the configuration as logged at start: secrets replaced.
 func (c Config) Masked() Config {
 	m := c
 	m.Database.URL = maskURL(c.DatabaseURL())
+	if c.Database.DirectURL != "" {
+		m.Database.DirectURL = maskURL(c.Database.DirectURL)
+	}
 	if m.DB.Password != "" {
 		m.DB.Password = "xxxxx"
 	}

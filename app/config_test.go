@@ -125,6 +125,35 @@ func TestLoadDatabaseFromParts(t *testing.T) {
 	}
 }
 
+func TestLoadPgBouncerKeys(t *testing.T) {
+	t.Setenv("DATABASE_URL", "postgres://u:pw@pgbouncer:6432/x")
+	t.Setenv("DATABASE_PGBOUNCER", "true")
+	cfg, err := Load(flags(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.Database.PgBouncer || cfg.DirectDatabaseURL() != cfg.DatabaseURL() {
+		t.Errorf("pgbouncer %v, direct URL %q: want true and DATABASE_URL when DATABASE_DIRECT_URL is unset",
+			cfg.Database.PgBouncer, cfg.DirectDatabaseURL())
+	}
+
+	t.Setenv("DATABASE_DIRECT_URL", "postgres://u:direct-pw@db:5432/x")
+	if cfg, err = Load(flags(t)); err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.DirectDatabaseURL(); got != "postgres://u:direct-pw@db:5432/x" {
+		t.Errorf("DirectDatabaseURL() = %q", got)
+	}
+	if m := cfg.Masked(); strings.Contains(m.Database.DirectURL, "direct-pw") {
+		t.Errorf("masked config leaks the direct URL's password: %s", m.Database.DirectURL)
+	}
+
+	t.Setenv("DATABASE_DIRECT_URL", "mysql://db/x")
+	if _, err := Load(flags(t)); err == nil || !strings.Contains(err.Error(), "DATABASE_DIRECT_URL") {
+		t.Errorf("a non-postgres DATABASE_DIRECT_URL: error %v, want one naming it", err)
+	}
+}
+
 func TestLoadInvalidListsEveryProblem(t *testing.T) {
 	t.Setenv("WORKER_CONCURRENCY", "-1")
 	t.Setenv("LOG_FORMAT", "xml")

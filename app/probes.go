@@ -225,6 +225,13 @@ SELECT current_setting('max_connections')::int,
 // failure to read the settings is logged and ignored: it must not stop
 // start-up.
 func (a *App) checkConnectionBudget(ctx context.Context) {
+	if a.cfg.Database.PgBouncer {
+		// The pool's connections are PgBouncer's clients; the server sees
+		// only PgBouncer's own pool, whatever the replicas' pools add up to.
+		a.log.Info("postgres connection budget not checked: behind PgBouncer, its pool size bounds the server's connections",
+			"database.max_open_conns", a.cfg.Database.MaxOpenConns, "probe_conns", probeConns)
+		return
+	}
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	var b connBudget

@@ -10,6 +10,7 @@ import (
 	"github.com/jmoiron/sqlx"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/campaignd/dispatch/db/migrations"
 	"github.com/campaignd/dispatch/platform/loop"
 	"github.com/campaignd/dispatch/platform/postgres"
 	"github.com/campaignd/dispatch/platform/redisx"
@@ -93,10 +94,48 @@ func connect[T any](ctx context.Context, log *slog.Logger, timeout time.Duration
 	}
 }
 
-// openPostgres opens the pool (creating the database first, if configured),
-// waiting up to startup_timeout for the server to be reachable.
+// openPostgres opens a pool on database.url (creating the database first, if
+// configured), in PgBouncer mode if database.pgbouncer says so, waiting up to
+// startup_timeout for the server to be reachable.
 func openPostgres(ctx context.Context, cfg Config, log *slog.Logger, o postgres.Options) (*sqlx.DB, error) {
-	dsn := cfg.DatabaseURL()
+	o.PgBouncer = cfg.Database.PgBouncer
+	return openPostgresAt(ctx, cfg, log, cfg.DatabaseURL(), o)
+}
+
+// openPostgresDirect opens a pool on PostgreSQL itself (database.direct_url),
+// for creating the database and migrating; without a direct URL it is
+// openPostgres.
+func openPostgresDirect(ctx context.Context, cfg Config, log *slog.Logger, o postgres.Options) (*sqlx.DB, error) {
+	if cfg.Database.DirectURL == "" {
+		return openPostgres(ctx, cfg, log, o)
+	}
+	return openPostgresAt(ctx, cfg, log, cfg.Database.DirectURL, o)
+}
+
+// migrateDirect creates the database if configured to and applies pending
+// migrations if configured to, through a pool of its own on
+// database.direct_url, closed before it returns. Behind PgBouncer this keeps
+// the DDL off its few server connections (and its query_timeout), and a
+// CREATE DATABASE needs the server's maintenance database, which PgBouncer
+// may not serve.
+func migrateDirect(ctx context.Context, cfg Config, log *slog.Logger) error {
+	db, err := openPostgresDirect(ctx, cfg, log, postgres.Options{MaxOpenConns: 2, CreateDatabase: cfg.Database.CreateIfMissing})
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if !cfg.Database.MigrateOnStart {
+		return nil
+	}
+	n, err := migrations.Up(ctx, db.DB)
+	if err != nil {
+		return err
+	}
+	log.Info("migrations applied", "count", n, "through", "database.direct_url")
+	return nil
+}
+
+func openPostgresAt(ctx context.Context, cfg Config, log *slog.Logger, dsn string, o postgres.Options) (*sqlx.DB, error) {
 	dep := dependency{name: "postgres", addr: postgres.Addr(dsn), unavailable: postgres.IsUnavailable}
 	return connect(ctx, log, cfg.StartupTimeout, dep, func(ctx context.Context) (*sqlx.DB, error) {
 		return postgres.Open(ctx, dsn, o)

@@ -62,8 +62,11 @@ func (a Audience) validate(field string) (Audience, int, error) {
 }
 
 // Value stores an audience as JSON (the campaigns.audience jsonb column).
+// It is text, not []byte: with lib/pq's binary_parameters (the PgBouncer
+// mode) a []byte goes out in binary format, which jsonb does not read.
 func (a Audience) Value() (driver.Value, error) {
-	return json.Marshal(a)
+	b, err := json.Marshal(a)
+	return string(b), err
 }
 
 // Scan reads an audience stored by Value.

@@ -133,8 +133,12 @@ type filter struct {
 	PreferredProduct string `json:"preferred_product,omitempty"`
 }
 
-// Value stores f as JSON.
-func (f filter) Value() (driver.Value, error) { return json.Marshal(f) }
+// Value stores f as JSON text (a []byte would be sent in binary format in
+// the PgBouncer mode, which jsonb does not read).
+func (f filter) Value() (driver.Value, error) {
+	b, err := json.Marshal(f)
+	return string(b), err
+}
 
 // Scan reads a filter stored by Value.
 func (f *filter) Scan(src any) error {

@@ -28,6 +28,10 @@ type Options struct {
 	// CreateDatabase creates the database named in the URL when it does not
 	// exist and the role is allowed to.
 	CreateDatabase bool
+	// PgBouncer makes the pool safe behind PgBouncer in transaction pooling
+	// mode: no statement prepared on the server, every query in one round
+	// trip (see pgbouncer.go).
+	PgBouncer bool
 }
 
 // Open connects to dsn, creating the database first if asked to, and pings it.
@@ -40,9 +44,18 @@ func Open(ctx context.Context, dsn string, o Options) (*sqlx.DB, error) {
 			return nil, err
 		}
 	}
-	db, err := sqlx.Open("postgres", dsn)
-	if err != nil {
-		return nil, fmt.Errorf("open postgres: %w", err)
+	var db *sqlx.DB
+	if o.PgBouncer {
+		sdb, err := openPgBouncer(dsn)
+		if err != nil {
+			return nil, fmt.Errorf("open postgres: %w", err)
+		}
+		db = sqlx.NewDb(sdb, "postgres")
+	} else {
+		var err error
+		if db, err = sqlx.Open("postgres", dsn); err != nil {
+			return nil, fmt.Errorf("open postgres: %w", err)
+		}
 	}
 	if o.MaxOpenConns > 0 {
 		db.SetMaxOpenConns(o.MaxOpenConns)

@@ -125,9 +125,11 @@ func (w Window) NextOpen(t time.Time) time.Time {
 // searchSpan is how far one step of NextOpen looks ahead.
 const searchSpan = 72 * time.Hour
 
-// Value stores a window as JSON (a jsonb column).
+// Value stores a window as JSON text (a jsonb column): a []byte would be
+// sent in binary format in the PgBouncer mode, which jsonb does not read.
 func (w Window) Value() (driver.Value, error) {
-	return json.Marshal(w)
+	b, err := json.Marshal(w)
+	return string(b), err
 }
 
 // Scan reads a window stored by Value. It does not validate: Validate ran
