@@ -92,6 +92,7 @@ func (a *App) routes() (*echo.Echo, error) {
 	}).Register(e)
 	campaign.NewHandler(a.campaigns).Register(e)
 	messaging.NewHandler(a.messaging.Repo()).WithLogger(a.log.With("component", "messages")).Register(e)
+	messaging.NewQueueHandler(a.messaging).Register(e)
 	a.webhooks.Register(e)
 	outbox.NewHandler(a.hooks).Register(e)
 	return e, nil
