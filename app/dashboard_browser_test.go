@@ -106,7 +106,7 @@ func until(expr string) chromedp.Action[chromedp.Void] {
 	return chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
 		var last error
 		for {
-			ok, err := chromedp.Evaluate[bool]("!!(" + expr + ")")(ctx, t)
+			ok, err := chromedp.Evaluate[bool]("!!("+expr+")")(ctx, t)
 			if err == nil && ok {
 				return nil
 			}
@@ -246,6 +246,9 @@ func TestDashboardBrowser(t *testing.T) {
 		if want["total"] != "1500" || want["failed"] == "0" {
 			t.Errorf("stats: %v; want 1500 messages, some failed", want)
 		}
+		// Readable on a phone: the same page at 390 px wide.
+		step(t, ctx, "07c-phone", 10*time.Second, chromedp.EmulateViewport(390, 844))
+		step(t, ctx, "07d-desktop-again", 10*time.Second, chromedp.EmulateReset())
 	})
 
 	t.Run("filter messages to failures", func(t *testing.T) {
