@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -248,7 +249,7 @@ func TestDashboardBrowser(t *testing.T) {
 		}
 		// Readable on a phone: the same page at 390 px wide.
 		step(t, ctx, "07c-phone", 10*time.Second, chromedp.EmulateViewport(390, 844))
-		step(t, ctx, "07d-desktop-again", 10*time.Second, chromedp.EmulateReset())
+		step(t, ctx, "07d-desktop-again", 10*time.Second, chromedp.EmulateViewport(1280, 900))
 	})
 
 	t.Run("filter messages to failures", func(t *testing.T) {
@@ -335,17 +336,24 @@ func TestDashboardBrowser(t *testing.T) {
 		// contentful paint, which the browser measures from the start of
 		// its navigation: the sign-in form's POST, whose redirect lands on
 		// the list.
-		tctx := ctx
-		start := time.Now()
-		step(t, tctx, "13-list-10k", 60*time.Second,
-			signIn(ta.base, testAPIKey),
-			until(`(performance.getEntriesByName('first-contentful-paint')[0]||{}).startTime > 0`),
-		)
-		wall := time.Since(start)
-		fcp := js[float64](t, tctx, `performance.getEntriesByName('first-contentful-paint')[0].startTime`)
-		total := js[string](t, tctx, `document.querySelector('h1 .count').textContent`)
-		t.Logf("sign-in → first paint of the campaign list (%s campaigns): %.0f ms (browser's first-contentful-paint from the sign-in POST); %v wall clock from opening the sign-in page to the list shown",
-			total, fcp, wall.Round(time.Millisecond))
+		// The machine is shared and noisy: sign in three times and log
+		// each, and the median.
+		var fcps []float64
+		for i := range 3 {
+			start := time.Now()
+			step(t, ctx, "13-list-10k", 60*time.Second,
+				signIn(ta.base, testAPIKey),
+				until(`(performance.getEntriesByName('first-contentful-paint')[0]||{}).startTime > 0`),
+			)
+			wall := time.Since(start)
+			fcp := js[float64](t, ctx, `performance.getEntriesByName('first-contentful-paint')[0].startTime`)
+			total := js[string](t, ctx, `document.querySelector('h1 .count').textContent`)
+			t.Logf("sign-in %d → first paint of the campaign list (%s campaigns): %.0f ms (the browser's first-contentful-paint, timed from the sign-in form's POST); %v wall clock from opening the sign-in page to the list shown",
+				i+1, total, fcp, wall.Round(time.Millisecond))
+			fcps = append(fcps, fcp)
+		}
+		slices.Sort(fcps)
+		t.Logf("sign-in → first paint with 10,000 campaigns: median %.0f ms (min %.0f, max %.0f)", fcps[1], fcps[0], fcps[2])
 	})
 
 	t.Run("sign out and be refused", func(t *testing.T) {

@@ -135,7 +135,11 @@ func (d *Dashboard) loadSession(ctx context.Context, r *http.Request) (sess, boo
 func (d *Dashboard) loginPage(c echo.Context) error {
 	token := randomToken()
 	d.setCookie(c, loginCookie, token, 3600)
-	return d.render(c, http.StatusOK, "login", map[string]any{"CSRF": token})
+	data := map[string]any{"CSRF": token}
+	if c.QueryParam("signed_out") != "" {
+		data["Notice"] = "You are signed out."
+	}
+	return d.render(c, http.StatusOK, "login", data)
 }
 
 // login checks the key with the authenticator, stores a new session and
