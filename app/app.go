@@ -252,7 +252,7 @@ func (a *App) wire() error {
 			DrainTimeout:      cfg.Worker.DrainTimeout,
 			Starved:           a.messaging.WakeFeeder,
 			Provider:          cfg.Providers.SMS,
-			Observer:          a.metrics,
+			Observer:          a.messaging.CountThroughput(a.metrics), // and per-minute counts for GET /queue
 			Limits:            limits,
 			Gate:              a.providerGate,
 			FailUncertain:     cfg.UncertainPolicy == "fail",

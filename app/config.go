@@ -84,6 +84,9 @@ type Config struct {
 		Disabled bool          `mapstructure:"disabled"`
 		CacheTTL time.Duration `mapstructure:"cache_ttl"`
 	} `mapstructure:"auth"`
+	Dashboard struct {
+		SessionTTL time.Duration `mapstructure:"session_ttl"`
+	} `mapstructure:"dashboard"`
 	BootstrapAPIKey string `mapstructure:"bootstrap_api_key"`
 	Customers       struct {
 		DefaultRegion string `mapstructure:"default_region"`
@@ -306,6 +309,9 @@ func (c Config) Validate() error {
 	}
 	if _, err := c.TrustedProxies(); err != nil {
 		bad("api.trusted_proxies (API_TRUSTED_PROXIES): %v", err)
+	}
+	if c.Dashboard.SessionTTL < time.Minute {
+		bad("dashboard.session_ttl (DASHBOARD_SESSION_TTL) must be at least 1m, got %s", c.Dashboard.SessionTTL)
 	}
 	if c.Auth.CacheTTL <= 0 || c.Auth.CacheTTL > time.Minute {
 		bad("auth.cache_ttl (AUTH_CACHE_TTL) must be positive and at most 1m (a revoked key works on other replicas this long), got %s", c.Auth.CacheTTL)

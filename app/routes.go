@@ -11,6 +11,7 @@ import (
 
 	"github.com/campaignd/dispatch/campaign"
 	"github.com/campaignd/dispatch/customer"
+	"github.com/campaignd/dispatch/dashboard"
 	"github.com/campaignd/dispatch/messaging"
 	"github.com/campaignd/dispatch/messaging/template"
 	"github.com/campaignd/dispatch/platform/auth"
@@ -58,10 +59,13 @@ func (a *App) routes() (*echo.Echo, error) {
 		middleware.BodyLimitWithConfig(middleware.BodyLimitConfig{
 			Limit: fmt.Sprintf("%dB", bodyLimit),
 			// The import endpoint enforces its own, larger limit.
-			Skipper: func(c echo.Context) bool { return c.Path() == "/customers/import" },
+			Skipper: func(c echo.Context) bool {
+				return c.Path() == "/customers/import" || c.Path() == dashboard.Prefix+"/customers/import"
+			},
 		}),
 		auth.Middleware(a.authn, auth.MiddlewareOptions{
-			Public:   func(c echo.Context) bool { return publicRoutes[c.Path()] },
+			// The dashboard checks its own session and calls the API with its key.
+			Public:   func(c echo.Context) bool { return publicRoutes[c.Path()] || dashboard.IsRoute(c.Path()) },
 			Disabled: a.cfg.Auth.Disabled,
 		}),
 		ratelimit.Middleware(a.rdb, ratelimit.Options{
@@ -92,8 +96,12 @@ func (a *App) routes() (*echo.Echo, error) {
 	}).Register(e)
 	campaign.NewHandler(a.campaigns).Register(e)
 	messaging.NewHandler(a.messaging.Repo()).WithLogger(a.log.With("component", "messages")).Register(e)
+	messaging.NewQueueHandler(a.messaging).Register(e)
 	a.webhooks.Register(e)
 	outbox.NewHandler(a.hooks).Register(e)
+	if err := a.mountDashboard(e); err != nil {
+		return nil, err
+	}
 	return e, nil
 }
 

@@ -53,12 +53,16 @@ type Input struct {
 type Filter struct {
 	Location         string
 	PreferredProduct string
+	// Search matches a phone exactly, or the start of the first name, the
+	// last name or "first last", case-insensitively (GET /customers?q=).
+	Search string
 }
 
 // normalized trims the filter values, so "location= Nairobi" and
 // "location=Nairobi" are the same list (stored values are trimmed too).
 func (f Filter) normalized() Filter {
-	return Filter{Location: strings.TrimSpace(f.Location), PreferredProduct: strings.TrimSpace(f.PreferredProduct)}
+	return Filter{Location: strings.TrimSpace(f.Location), PreferredProduct: strings.TrimSpace(f.PreferredProduct),
+		Search: strings.TrimSpace(f.Search)}
 }
 
 // validate returns f normalized, or a VALIDATION_ERROR naming the first value
@@ -72,6 +76,9 @@ func (f Filter) validate() (Filter, error) {
 	if err := text.Line("preferred_product", f.PreferredProduct, 0, MaxFieldLen); err != nil {
 		return Filter{}, err
 	}
+	if err := text.Line("q", f.Search, 0, MaxFieldLen); err != nil {
+		return Filter{}, err
+	}
 	return f, nil
 }
 
@@ -79,7 +86,7 @@ func (f Filter) validate() (Filter, error) {
 // lower-cased because matching is case-insensitive: a cursor from
 // ?location=Nairobi continues ?location=nairobi, which is the same list.
 func (f Filter) key() []string {
-	return []string{strings.ToLower(f.Location), strings.ToLower(f.PreferredProduct)}
+	return []string{strings.ToLower(f.Location), strings.ToLower(f.PreferredProduct), strings.ToLower(f.Search)}
 }
 
 // Domain errors. Match them with errors.Is: errs.Error matches on Code, so

@@ -65,7 +65,7 @@ func NewHandler(svc *Service, opts HandlerOptions) *Handler {
 
 // Register mounts the customer routes on e:
 //
-//	GET    /customers              list (page or cursor; filters location, preferred_product)
+//	GET    /customers              list (page or cursor; filters location, preferred_product, q)
 //	GET    /customers/:id          one customer
 //	PATCH  /customers/:id          change any of the create fields → 200 with the customer
 //	DELETE /customers/:id          erase the customer (their messages are anonymised) → 204
@@ -89,7 +89,7 @@ func (h *Handler) list(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	f, err := Filter{Location: q.Get("location"), PreferredProduct: q.Get("preferred_product")}.validate()
+	f, err := Filter{Location: q.Get("location"), PreferredProduct: q.Get("preferred_product"), Search: q.Get("q")}.validate()
 	if err != nil {
 		return err
 	}

@@ -129,10 +129,26 @@ func where(f Filter) (string, []any) {
 	if f.PreferredProduct != "" {
 		add(`lower(preferred_product) = lower($n)`, f.PreferredProduct)
 	}
+	if f.Search != "" {
+		// The phone is the unique index; the names have none, so a search
+		// by name reads the table (acceptable for an operator's search box;
+		// a trigram index would serve it at scale).
+		add(`(phone = $n OR lower(first_name) LIKE $m OR lower(last_name) LIKE $m
+			OR lower(first_name || ' ' || last_name) LIKE $m)`, f.Search)
+		args = append(args, likePrefix(f.Search))
+		conds[len(conds)-1] = strings.ReplaceAll(conds[len(conds)-1], "$m", "$"+strconv.Itoa(len(args)))
+	}
 	if len(conds) == 0 {
 		return "", nil
 	}
 	return " WHERE " + strings.Join(conds, " AND "), args
+}
+
+// likePrefix is s lower-cased as a LIKE prefix pattern, its wildcards
+// escaped (the default escape character is the backslash).
+func likePrefix(s string) string {
+	r := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
+	return r.Replace(strings.ToLower(s)) + "%"
 }
 
 const countSQL = `SELECT count(*) FROM customers`

@@ -26,6 +26,9 @@ type Service struct {
 	// materialized is the batch the materialiser worked last: batches
 	// take turns after it.
 	materialized atomic.Int64
+	// throughput counts outcomes per minute for GET /queue, once
+	// CountThroughput made it the pool's observer.
+	throughput atomic.Pointer[throughputObserver]
 }
 
 // MaintenanceOptions pace the background loops.
@@ -86,6 +89,7 @@ func (s *Service) RunMaintenance(ctx context.Context) {
 	wg.Go(func() { loop.Every(ctx, s.opts.ReapInterval, "reaper", s.log, s.reap) })
 	// The first sweep runs at once: a restart after a Redis loss should not wait.
 	wg.Go(func() { loop.Every(ctx, s.opts.SweepInterval, "sweeper", s.log, s.Sweep) })
+	wg.Go(func() { loop.Every(ctx, time.Second, "throughput counters", s.log, s.flushThroughput) })
 	wg.Wait()
 }
 
