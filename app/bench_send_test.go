@@ -61,8 +61,7 @@ func BenchmarkSendFloor(b *testing.B) {
 	floorKey := redisx.Keys{Prefix: cfg.Redis.KeyPrefix}.Key("bench_floor")
 	b.Cleanup(func() { rdb.Del(ctx, floorKey) })
 
-	floor := func(b *testing.B, ids []int64) time.Duration {
-		campaignID := ba.newCampaign(b)
+	floor := func(b *testing.B, campaignID int64, ids []int64) time.Duration {
 		start := time.Now()
 		var msgIDs []int64
 		if err := ba.db.SelectContext(ctx, &msgIDs, `
@@ -93,7 +92,7 @@ RETURNING id`, campaignID, pq.Array(ids)); err != nil {
 
 	// Warm up the connection pools and the statements' plans.
 	ba.send(b, ba.newCampaign(b), sendBody(all[:1000]))
-	floor(b, all[:1000])
+	floor(b, ba.newCampaign(b), all[:1000])
 
 	for _, n := range []int{10_000, 100_000} {
 		body := sendBody(all[:n])
@@ -113,8 +112,9 @@ RETURNING id`, campaignID, pq.Array(ids)); err != nil {
 				c := ba.cpu(b).sub(before)
 				cpu.goProc += c.goProc
 				cpu.postgres += c.postgres
+				floorID := ba.newCampaign(b)
 				before = ba.cpu(b)
-				f := floor(b, all[:n])
+				f := floor(b, floorID, all[:n])
 				c = ba.cpu(b).sub(before)
 				floorCPU.goProc += c.goProc
 				floorCPU.postgres += c.postgres
