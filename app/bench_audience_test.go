@@ -21,6 +21,10 @@ package app
 //     (campaign_id, customer_id) SELECT ... FROM customers RETURNING id into
 //     a draft campaign of its own, then every id pushed with LPUSH in one
 //     pipeline (chunks of 1,000) to a key of the benchmark's own;
+//   - cpu_ratio: the CPU the materialisation cost (this process and the
+//     PostgreSQL backends of the app's database, from the send until
+//     materialised) over the floor's; wall time on a shared host also
+//     counts waiting for a core;
 //   - ratio: materialised_s / floor_s. The floor's million rows stay in the
 //     table, so the send inserts into the larger table: the ratio errs
 //     against the send. The send's messages are queued by the feeder as the
@@ -82,6 +86,8 @@ FROM generate_series(1, $1) AS g`, n); err != nil {
 	floorKey := redisx.Keys{Prefix: cfg.Redis.KeyPrefix}.Key("bench_floor")
 	b.Cleanup(func() { rdb.Del(ctx, floorKey) })
 
+	ba := &benchApp{testApp: ta, db: db}
+	var sendCPU, floorCPU cpuUsage
 	var accept, materialised, floor time.Duration
 	var peak float64
 	var readyPeak int64
@@ -96,12 +102,15 @@ FROM generate_series(1, $1) AS g`, n); err != nil {
 		}, &c); code != http.StatusCreated {
 			b.Fatalf("create campaign: status %d", code)
 		}
+		before := ba.cpu(b)
 		floor += audienceFloor(b, ta, db, rdb, floorKey, n)
+		floorCPU = floorCPU.add(ba.cpu(b).sub(before))
 		base, err := rdb.LLen(ctx, queueKey).Result()
 		if err != nil {
 			b.Fatal(err)
 		}
 		resetPeakRSS(b)
+		before = ba.cpu(b)
 		b.StartTimer()
 
 		start := time.Now()
@@ -147,6 +156,7 @@ FROM generate_series(1, $1) AS g`, n); err != nil {
 		}
 		materialised += time.Since(start)
 		b.StopTimer()
+		sendCPU = sendCPU.add(ba.cpu(b).sub(before))
 		peak = max(peak, rssMB(b, "VmHWM"))
 
 		var msgs int
@@ -166,6 +176,11 @@ FROM generate_series(1, $1) AS g`, n); err != nil {
 	b.ReportMetric(materialised.Seconds()/float64(b.N), "materialised_s")
 	b.ReportMetric(floor.Seconds()/float64(b.N), "floor_s")
 	b.ReportMetric(materialised.Seconds()/floor.Seconds(), "ratio")
+	b.ReportMetric(float64(sendCPU.goProc+sendCPU.postgres)/float64(floorCPU.goProc+floorCPU.postgres), "cpu_ratio")
+	b.ReportMetric(sendCPU.goProc.Seconds()/float64(b.N), "go_cpu_s")
+	b.ReportMetric(sendCPU.postgres.Seconds()/float64(b.N), "pg_cpu_s")
+	b.ReportMetric(floorCPU.goProc.Seconds()/float64(b.N), "floor_go_cpu_s")
+	b.ReportMetric(floorCPU.postgres.Seconds()/float64(b.N), "floor_pg_cpu_s")
 	b.ReportMetric(loadAvg(), "loadavg")
 	b.ReportMetric(n, "msgs")
 	b.ReportMetric(peak, "peak_rss_MB")

@@ -525,6 +525,10 @@ func (u cpuUsage) sub(v cpuUsage) cpuUsage {
 	return cpuUsage{goProc: u.goProc - v.goProc, postgres: u.postgres - v.postgres}
 }
 
+func (u cpuUsage) add(v cpuUsage) cpuUsage {
+	return cpuUsage{goProc: u.goProc + v.goProc, postgres: u.postgres + v.postgres}
+}
+
 // perMsg reports CPU microseconds per message.
 func (u cpuUsage) report(b *testing.B, msgs int) {
 	b.ReportMetric(float64(u.goProc.Microseconds())/float64(msgs), "go_cpu_us/msg")
