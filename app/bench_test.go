@@ -8,6 +8,8 @@ package app
 //   - BenchmarkSendHTTP: POST /campaigns/{id}/send with 10,000 and 100,000
 //     ids on an API-only replica (worker_concurrency 0); ms/op (and min_ms,
 //     max_ms over iterations) is the send request alone, over HTTP.
+//     BenchmarkSendFloor (bench_send_test.go) puts the same sends next to
+//     their raw PostgreSQL and Redis floor, as ratios.
 //   - BenchmarkThroughput: end to end, from the send request until no
 //     message of the campaign is pending or sending, with the default mock
 //     latency (uniform 50-200 ms, mean 125 ms) and success rate 1 at
