@@ -33,7 +33,7 @@ package app
 //     materialised_s counts the rows created, not pushed;
 //
 // The customers are inserted once, with one INSERT ... SELECT
-// generate_series, and analysed. The background loops run at the pacing of
+// generate_series, and vacuumed and analysed. The background loops run at the pacing of
 // config.yaml, as deployed.
 
 import (
@@ -79,7 +79,11 @@ SELECT '+1555' || lpad(g::text, 7, '0'), 'First' || g, 'Last' || g,
 FROM generate_series(1, $1) AS g`, n); err != nil {
 		b.Fatalf("insert %d customers: %v", n, err)
 	}
-	if _, err := db.ExecContext(ctx, `ANALYZE customers`); err != nil {
+	// Vacuumed as well as analysed, as autovacuum leaves a table that has
+	// stood a while: a freshly loaded table has no visibility map, so every
+	// index-only scan of it (the materialiser's chunks walk customers_pkey)
+	// would also read the heap, a cost no deployed database pays.
+	if _, err := db.ExecContext(ctx, `VACUUM (ANALYZE) customers`); err != nil {
 		b.Fatal(err)
 	}
 	b.Logf("%d customers inserted and analysed in %v", n, time.Since(start).Round(time.Millisecond))
@@ -158,7 +162,9 @@ FROM generate_series(1, $1) AS g`, n); err != nil {
 			if left == 0 {
 				break
 			}
-			time.Sleep(20 * time.Millisecond)
+			// Every 100 ms: the probe runs on a client backend of the app's
+			// database, so it counts in the send's CPU.
+			time.Sleep(100 * time.Millisecond)
 		}
 		materialised += time.Since(start)
 		b.StopTimer()
