@@ -87,7 +87,7 @@ func (s *Service) DispatchDue(ctx context.Context, maxLateness time.Duration) (i
 		}
 		s.log.InfoContext(ctx, "scheduled campaign dispatched", "campaign_id", c.ID, "messages", created.Messages,
 			"skipped_opted_out", created.SkippedOptedOut)
-		s.enqueue(ctx, c.ID, created.BatchID, created.MessageIDs, nil)
+		s.enqueue(ctx, c.ID, created.BatchID, nil, nil)
 	}
 }
 

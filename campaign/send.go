@@ -67,9 +67,6 @@ type Created struct {
 	BatchID         int64
 	Messages        int64
 	SkippedOptedOut int64
-	// MessageIDs are the new messages when they exist at once (an id send);
-	// nil when a large audience is materialised after commit.
-	MessageIDs []int64
 }
 
 // SendInput is the body of POST /campaigns/{id}/send: customer_ids, or an
@@ -153,7 +150,7 @@ func (s *Service) Send(ctx context.Context, id int64, in SendInput, key string) 
 	if err != nil || replay != nil {
 		return SendResult{}, replay, err
 	}
-	s.enqueue(ctx, id, created.BatchID, created.MessageIDs, nil)
+	s.enqueue(ctx, id, created.BatchID, nil, nil)
 	return res, nil, nil
 }
 

@@ -28,30 +28,29 @@ type Created struct {
 	BatchID         int64
 	Messages        int64
 	SkippedOptedOut int64
-	// MessageIDs are the new messages' ids when they were created at once
-	// (an id send); nil when the materialiser creates them.
-	MessageIDs []int64
 }
 
-// Both inserts read customers and customer_opt_outs (owned by the customer
-// feature) in the statement that writes outbound_messages: one set-based
-// statement per send, whatever its size, with no window between choosing
-// the recipients and creating their messages. customers.phone is unique, so
-// no phone gets two messages in one campaign.
+// insertByIDsSQL creates the messages of an id send: one set-based statement
+// whatever the send's size, reading customer_opt_outs (owned by the customer
+// feature) in the statement that writes outbound_messages, so there is no
+// window between choosing the recipients and creating their messages.
+//
+// It does not join customers to find unknown ids: the foreign key on
+// outbound_messages.customer_id already probes customers for every row (and
+// locks it FOR KEY SHARE until commit), so a join would pay that probe twice
+// on the success path (about a seventh of the statement at 100,000 ids).
+// An unknown id makes the statement fail with a foreign-key violation
+// instead, and createByIDs then lists the unknown ids. An opted-out id is
+// always a customer (customer_opt_outs references customers), so every
+// unknown id reaches the insert. The ORDER BY gives message ids in customer
+// order (an in-memory sort of the ids alone). customers.phone is
+// unique, so no phone gets two messages in one campaign.
 const insertByIDsSQL = `
-WITH target AS (
-    SELECT c.id, o.customer_id IS NOT NULL AS opted_out
-    FROM unnest($3::bigint[]) AS u(id)
-    JOIN customers c ON c.id = u.id
-    LEFT JOIN customer_opt_outs o ON o.customer_id = c.id AND o.channel = $2
-), ins AS (
-    INSERT INTO outbound_messages (campaign_id, customer_id)
-    SELECT $1, id FROM target WHERE NOT opted_out ORDER BY id
-    RETURNING id
-)
-SELECT (SELECT count(*) FROM target)                  AS known,
-       (SELECT count(*) FROM target WHERE opted_out)  AS skipped,
-       (SELECT coalesce(array_agg(id), '{}') FROM ins) AS message_ids`
+INSERT INTO outbound_messages (campaign_id, customer_id)
+SELECT $1, u.id
+FROM unnest($3::bigint[]) AS u(id)
+WHERE NOT EXISTS (SELECT 1 FROM customer_opt_outs o WHERE o.customer_id = u.id AND o.channel = $2)
+ORDER BY u.id`
 
 // countByFilterSQL sizes an audience send at request time; the messages
 // themselves are created by the materialiser (see RunMaterializer).
@@ -102,22 +101,31 @@ VALUES ($1, $2, $3, $4, $5) RETURNING id`, campaignID, c.Messages, f, channel, o
 }
 
 func (s *Service) createByIDs(ctx context.Context, tx *sqlx.Tx, campaignID int64, channel string, ids []int64) (Created, error) {
-	var out struct {
-		Known   int           `db:"known"`
-		Skipped int64         `db:"skipped"`
-		IDs     pq.Int64Array `db:"message_ids"`
-	}
-	if err := tx.GetContext(ctx, &out, insertByIDsSQL, campaignID, channel, pq.Array(ids)); err != nil {
+	// An unknown id fails the insert (the foreign key) and aborts the
+	// transaction; the savepoint keeps it usable to list the unknown ids.
+	if _, err := tx.ExecContext(ctx, `SAVEPOINT create_by_ids`); err != nil {
 		return Created{}, postgres.Classify(err, "insert messages")
 	}
-	if out.Known < len(ids) {
-		// Unknown ids were left out by the join; the caller rolls back.
-		if err := checkCustomers(ctx, tx, ids); err != nil {
-			return Created{}, err
+	res, err := tx.ExecContext(ctx, insertByIDsSQL, campaignID, channel, pq.Array(ids))
+	if postgres.IsForeignKeyViolation(err) {
+		if _, rerr := tx.ExecContext(ctx, `ROLLBACK TO SAVEPOINT create_by_ids`); rerr != nil {
+			return Created{}, postgres.Classify(rerr, "insert messages")
 		}
-		return Created{}, fmt.Errorf("customers vanished during the send; retry")
+		// The caller rolls back.
+		if cerr := checkCustomers(ctx, tx, ids); cerr != nil {
+			return Created{}, cerr
+		}
+		// Not an unknown id after all: a customer deleted while the send ran.
+		return Created{}, postgres.Classify(err, "insert messages (a customer was deleted during the send; retry)")
 	}
-	c := Created{Messages: int64(len(out.IDs)), SkippedOptedOut: out.Skipped, MessageIDs: out.IDs}
+	if err != nil {
+		return Created{}, postgres.Classify(err, "insert messages")
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return Created{}, postgres.Classify(err, "insert messages")
+	}
+	c := Created{Messages: n, SkippedOptedOut: int64(len(ids)) - n}
 	if c.Messages > 0 {
 		if err := tx.GetContext(ctx, &c.BatchID, insertBatchSQL, campaignID, c.Messages); err != nil {
 			return Created{}, postgres.Classify(err, "insert dispatch batch")

@@ -171,6 +171,12 @@ func IsUniqueViolation(err error) bool {
 	return errors.As(err, &pe) && pe.Code == "23505"
 }
 
+// IsForeignKeyViolation reports whether err is a foreign-key violation.
+func IsForeignKeyViolation(err error) bool {
+	var pe *pq.Error
+	return errors.As(err, &pe) && pe.Code == "23503"
+}
+
 // ConstraintName returns the violated constraint's name, if err carries one.
 func ConstraintName(err error) string {
 	var pe *pq.Error
