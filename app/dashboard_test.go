@@ -153,3 +153,27 @@ func TestDashboardSessionsCSRFAndScopes(t *testing.T) {
 		}
 	})
 }
+
+// TestDashboardImportUploadIsLimited refuses an upload larger than the
+// import's own limit before anything reads it, signed in or not: the file is
+// never spooled to disk whatever its size.
+func TestDashboardImportUploadIsLimited(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig(t)
+	cfg.API.ImportBodyLimit = "1KB"
+	ta := startApp(t, cfg)
+	body := strings.NewReader(strings.Repeat("x", 200<<10))
+	req, err := http.NewRequest("POST", ta.base+"/ui/customers/import", body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "multipart/form-data; boundary=b")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("200 KiB upload with a 1 KB import limit = %d, want 413", resp.StatusCode)
+	}
+}

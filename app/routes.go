@@ -63,6 +63,13 @@ func (a *App) routes() (*echo.Echo, error) {
 				return c.Path() == "/customers/import" || c.Path() == dashboard.Prefix+"/customers/import"
 			},
 		}),
+		// The dashboard's upload passes the file on to the import, so it
+		// gets the import's limit (plus room for the multipart framing)
+		// instead of being spooled to disk whatever its size.
+		middleware.BodyLimitWithConfig(middleware.BodyLimitConfig{
+			Limit:   fmt.Sprintf("%dB", importLimit+64<<10),
+			Skipper: func(c echo.Context) bool { return c.Path() != dashboard.Prefix+"/customers/import" },
+		}),
 		auth.Middleware(a.authn, auth.MiddlewareOptions{
 			// The dashboard checks its own session and calls the API with its key.
 			Public:   func(c echo.Context) bool { return publicRoutes[c.Path()] || dashboard.IsRoute(c.Path()) },
