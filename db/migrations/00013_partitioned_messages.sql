@@ -1,0 +1,270 @@
+-- +goose Up
+-- outbound_messages (and message_attempts with it) becomes a table
+-- partitioned by RANGE (campaign_id), so that the messages of old, finished
+-- campaigns go by dropping whole partitions (MESSAGE_RETENTION) instead of
+-- deleting rows, and no single index has to hold every message ever sent.
+--
+-- Why campaign_id and not created_at or id: a unique index of a partitioned
+-- table must contain the partition key, and the service relies on the
+-- partial unique (campaign_id, customer_id) WHERE NOT test (sends and the
+-- materialiser's ON CONFLICT DO NOTHING). Keyed by campaign_id it stays one
+-- ordinary index; keyed by time it would need a second table written on
+-- every send. The price: a lookup by message id alone (the claim, the
+-- recorder, GET /messages/{id}) probes every partition, measured at about
+-- 1.5 times the unpartitioned cost with 12 partitions and 3 times with 50
+-- (messaging BenchmarkPartitionProbe). So partitions are few and wide: each
+-- covers a range of campaign ids about a month of campaigns wide (the
+-- campaigns created in the last 30 days when it is made, at least 16), and
+-- with a retention of 90 days about four are live.
+--
+-- message_partitions lists the ranges: [campaign_lo, campaign_hi) of
+-- campaign ids, the partitions outbound_messages_c<lo> and
+-- message_attempts_c<lo>. Ranges are contiguous from the first; retention
+-- removes the oldest ones.
+CREATE TABLE message_partitions (
+    campaign_lo bigint      PRIMARY KEY,
+    campaign_hi bigint      NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT message_partitions_range_check CHECK (campaign_lo < campaign_hi)
+);
+
+-- message_partitions_ensure makes the partitions that hold campaign cid's
+-- messages, if they do not exist yet. Called by the campaigns insert trigger
+-- below (so a campaign never exists without its partition, and its messages,
+-- which need the campaign by foreign key, always have one: no DEFAULT
+-- partition is needed, and none would be cheap: every new partition would
+-- have to scan it) and ahead of time by the retention loop, so the DDL
+-- seldom runs in an API request. One creator at a time (a transaction
+-- advisory lock: this works behind PgBouncer's transaction pooling); the
+-- DDL waits at most 5 s for the table lock instead of queueing every
+-- statement on outbound_messages behind a long export.
+-- +goose StatementBegin
+CREATE FUNCTION message_partitions_ensure(cid bigint) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    lo      bigint;
+    hi      bigint;
+    nsp     text;
+    timeout text;
+BEGIN
+    IF EXISTS (SELECT 1 FROM message_partitions p WHERE cid >= p.campaign_lo AND cid < p.campaign_hi) THEN
+        RETURN;
+    END IF;
+    PERFORM pg_advisory_xact_lock(7401013);
+    IF EXISTS (SELECT 1 FROM message_partitions p WHERE cid >= p.campaign_lo AND cid < p.campaign_hi) THEN
+        RETURN;
+    END IF;
+    SELECT coalesce(max(campaign_hi), 1) INTO lo FROM message_partitions;
+    IF cid < lo THEN
+        -- Below the newest range but in none: its range was dropped by
+        -- retention, which only drops ranges that later campaigns passed.
+        RAISE EXCEPTION 'campaign % belongs to a message partition removed by retention', cid
+            USING ERRCODE = 'check_violation';
+    END IF;
+    SELECT greatest(16, count(*)) INTO hi FROM campaigns WHERE created_at > now() - interval '30 days';
+    hi := greatest(lo + hi, cid + 1);
+    SELECT n.nspname INTO nsp FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = 'outbound_messages'::regclass;
+    timeout := current_setting('lock_timeout');
+    PERFORM set_config('lock_timeout', '5s', true);
+    EXECUTE format('CREATE TABLE %I.%I PARTITION OF %I.outbound_messages FOR VALUES FROM (%s) TO (%s)',
+                   nsp, 'outbound_messages_c' || lo, nsp, lo, hi);
+    EXECUTE format('CREATE TABLE %I.%I PARTITION OF %I.message_attempts FOR VALUES FROM (%s) TO (%s)',
+                   nsp, 'message_attempts_c' || lo, nsp, lo, hi);
+    PERFORM set_config('lock_timeout', timeout, true);
+    INSERT INTO message_partitions (campaign_lo, campaign_hi) VALUES (lo, hi);
+END $$;
+-- +goose StatementEnd
+
+-- The data moves: the old tables are renamed, the partitioned ones created
+-- with the same columns in the same order, filled, and the old dropped; the
+-- id sequence is kept, so ids continue where they were.
+ALTER TABLE message_attempts RENAME TO message_attempts_old;
+ALTER TABLE outbound_messages RENAME TO outbound_messages_old;
+ALTER SEQUENCE outbound_messages_id_seq OWNED BY NONE;
+
+CREATE TABLE outbound_messages (
+    id                  bigint         NOT NULL DEFAULT nextval('outbound_messages_id_seq'),
+    campaign_id         bigint         NOT NULL,
+    customer_id         bigint         NULL,
+    status              text           NOT NULL DEFAULT 'pending',
+    rendered_content    text           NULL,
+    last_error          text           NULL,
+    retry_count         integer        NOT NULL DEFAULT 0,
+    created_at          timestamptz    NOT NULL DEFAULT now(),
+    updated_at          timestamptz    NOT NULL DEFAULT now(),
+    next_attempt_at     timestamptz    NULL,
+    queued_at           timestamptz    NULL,
+    provider            text           NULL,
+    provider_message_id text           NULL,
+    segments            integer        NULL,
+    encoding            text           NULL,
+    cost                numeric(12, 5) NULL,
+    currency            text           NULL,
+    sent_at             timestamptz    NULL,
+    delivered_at        timestamptz    NULL,
+    attempts            integer        NOT NULL DEFAULT 0,
+    test                boolean        NOT NULL DEFAULT false,
+    phone               text           NULL,
+    CONSTRAINT outbound_messages_encoding_check CHECK (encoding IN ('GSM-7', 'UCS-2')),
+    CONSTRAINT outbound_messages_retry_count_check CHECK (retry_count >= 0),
+    CONSTRAINT outbound_messages_status_check
+        CHECK (status IN ('pending', 'sending', 'sent', 'delivered', 'undelivered', 'failed', 'cancelled'))
+) PARTITION BY RANGE (campaign_id);
+
+-- campaign_id is here so that an attempt lives in the partition of its
+-- message and goes with it.
+CREATE TABLE message_attempts (
+    campaign_id     bigint      NOT NULL,
+    message_id      bigint      NOT NULL,
+    attempt         integer     NOT NULL,
+    started_at      timestamptz NOT NULL,
+    duration_ms     integer     NOT NULL,
+    outcome         text        NOT NULL,
+    error           text        NULL,
+    provider_status text        NULL,
+    CONSTRAINT message_attempts_outcome_check CHECK (outcome IN ('sent', 'failed', 'retried', 'uncertain'))
+) PARTITION BY RANGE (campaign_id);
+
+-- The existing campaigns get one range per calendar month in which they
+-- were created, the first from campaign id 1, the last up to the newest.
+-- +goose StatementBegin
+DO $$
+DECLARE r record;
+BEGIN
+    FOR r IN
+        SELECT CASE WHEN row_number() OVER w = 1 THEN 1 ELSE lo END AS lo,
+               coalesce(lead(lo) OVER w, (SELECT max(id) + 1 FROM campaigns)) AS hi
+        FROM (SELECT min(id) AS lo FROM campaigns GROUP BY date_trunc('month', created_at)) m
+        WINDOW w AS (ORDER BY lo)
+    LOOP
+        EXECUTE format('CREATE TABLE %I PARTITION OF outbound_messages FOR VALUES FROM (%s) TO (%s)',
+                       'outbound_messages_c' || r.lo, r.lo, r.hi);
+        EXECUTE format('CREATE TABLE %I PARTITION OF message_attempts FOR VALUES FROM (%s) TO (%s)',
+                       'message_attempts_c' || r.lo, r.lo, r.hi);
+        INSERT INTO message_partitions (campaign_lo, campaign_hi) VALUES (r.lo, r.hi);
+    END LOOP;
+END $$;
+-- +goose StatementEnd
+
+INSERT INTO outbound_messages
+SELECT id, campaign_id, customer_id, status, rendered_content, last_error, retry_count, created_at, updated_at,
+       next_attempt_at, queued_at, provider, provider_message_id, segments, encoding, cost, currency, sent_at,
+       delivered_at, attempts, test, phone
+FROM outbound_messages_old;
+INSERT INTO message_attempts
+SELECT m.campaign_id, a.message_id, a.attempt, a.started_at, a.duration_ms, a.outcome, a.error, a.provider_status
+FROM message_attempts_old a JOIN outbound_messages_old m ON m.id = a.message_id;
+DROP TABLE message_attempts_old;
+DROP TABLE outbound_messages_old;
+ALTER SEQUENCE outbound_messages_id_seq OWNED BY outbound_messages.id;
+
+-- Indexes built once, after the copy, under their old names. The primary
+-- key and the provider id index must contain campaign_id; a message id is
+-- still unique (one sequence) and the key's leading id serves lookups by id.
+ALTER TABLE outbound_messages ADD CONSTRAINT outbound_messages_pkey PRIMARY KEY (id, campaign_id);
+CREATE UNIQUE INDEX outbound_messages_campaign_customer_key ON outbound_messages (campaign_id, customer_id)
+    WHERE NOT test;
+CREATE UNIQUE INDEX outbound_messages_provider_id_idx ON outbound_messages (provider, provider_message_id, campaign_id)
+    WHERE provider_message_id IS NOT NULL;
+CREATE INDEX outbound_messages_active_idx ON outbound_messages (updated_at) WHERE status IN ('pending', 'sending');
+CREATE INDEX outbound_messages_campaign_active_idx ON outbound_messages (campaign_id, id)
+    WHERE status IN ('pending', 'sending');
+CREATE INDEX outbound_messages_campaign_id_idx ON outbound_messages (campaign_id, id);
+CREATE INDEX outbound_messages_campaign_status_id_idx ON outbound_messages (campaign_id, status, id);
+CREATE INDEX outbound_messages_customer_idx ON outbound_messages (customer_id);
+CREATE INDEX outbound_messages_feed_idx ON outbound_messages (campaign_id, id)
+    WHERE status = 'pending' AND queued_at IS NULL;
+ALTER TABLE outbound_messages ADD CONSTRAINT outbound_messages_campaign_id_fkey
+    FOREIGN KEY (campaign_id) REFERENCES campaigns (id) ON DELETE CASCADE;
+ALTER TABLE outbound_messages ADD CONSTRAINT outbound_messages_customer_id_fkey
+    FOREIGN KEY (customer_id) REFERENCES customers (id) ON DELETE SET NULL;
+
+ALTER TABLE message_attempts ADD CONSTRAINT message_attempts_pkey PRIMARY KEY (message_id, attempt, campaign_id);
+ALTER TABLE message_attempts ADD CONSTRAINT message_attempts_message_id_fkey
+    FOREIGN KEY (message_id, campaign_id) REFERENCES outbound_messages (id, campaign_id) ON DELETE CASCADE;
+
+-- +goose StatementBegin
+CREATE FUNCTION campaigns_message_partition() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM message_partitions_ensure(NEW.id);
+    RETURN NULL;
+END $$;
+-- +goose StatementEnd
+CREATE TRIGGER campaigns_message_partition AFTER INSERT ON campaigns
+    FOR EACH ROW EXECUTE FUNCTION campaigns_message_partition();
+
+-- +goose Down
+DROP TRIGGER campaigns_message_partition ON campaigns;
+DROP FUNCTION campaigns_message_partition();
+DROP FUNCTION message_partitions_ensure(bigint);
+
+ALTER TABLE message_attempts RENAME TO message_attempts_parted;
+ALTER TABLE outbound_messages RENAME TO outbound_messages_parted;
+ALTER SEQUENCE outbound_messages_id_seq OWNED BY NONE;
+
+CREATE TABLE outbound_messages (
+    id                  bigint         NOT NULL DEFAULT nextval('outbound_messages_id_seq'),
+    campaign_id         bigint         NOT NULL,
+    customer_id         bigint         NULL,
+    status              text           NOT NULL DEFAULT 'pending',
+    rendered_content    text           NULL,
+    last_error          text           NULL,
+    retry_count         integer        NOT NULL DEFAULT 0,
+    created_at          timestamptz    NOT NULL DEFAULT now(),
+    updated_at          timestamptz    NOT NULL DEFAULT now(),
+    next_attempt_at     timestamptz    NULL,
+    queued_at           timestamptz    NULL,
+    provider            text           NULL,
+    provider_message_id text           NULL,
+    segments            integer        NULL,
+    encoding            text           NULL,
+    cost                numeric(12, 5) NULL,
+    currency            text           NULL,
+    sent_at             timestamptz    NULL,
+    delivered_at        timestamptz    NULL,
+    attempts            integer        NOT NULL DEFAULT 0,
+    test                boolean        NOT NULL DEFAULT false,
+    phone               text           NULL,
+    CONSTRAINT outbound_messages_encoding_check CHECK (encoding IN ('GSM-7', 'UCS-2')),
+    CONSTRAINT outbound_messages_retry_count_check CHECK (retry_count >= 0),
+    CONSTRAINT outbound_messages_status_check
+        CHECK (status IN ('pending', 'sending', 'sent', 'delivered', 'undelivered', 'failed', 'cancelled'))
+);
+CREATE TABLE message_attempts (
+    message_id      bigint      NOT NULL,
+    attempt         integer     NOT NULL,
+    started_at      timestamptz NOT NULL,
+    duration_ms     integer     NOT NULL,
+    outcome         text        NOT NULL,
+    error           text        NULL,
+    provider_status text        NULL,
+    CONSTRAINT message_attempts_outcome_check CHECK (outcome IN ('sent', 'failed', 'retried', 'uncertain'))
+);
+INSERT INTO outbound_messages SELECT * FROM outbound_messages_parted;
+INSERT INTO message_attempts
+SELECT message_id, attempt, started_at, duration_ms, outcome, error, provider_status FROM message_attempts_parted;
+DROP TABLE message_attempts_parted;
+DROP TABLE outbound_messages_parted;
+DROP TABLE message_partitions;
+ALTER SEQUENCE outbound_messages_id_seq OWNED BY outbound_messages.id;
+
+ALTER TABLE outbound_messages ADD CONSTRAINT outbound_messages_pkey PRIMARY KEY (id);
+CREATE UNIQUE INDEX outbound_messages_campaign_customer_key ON outbound_messages (campaign_id, customer_id)
+    WHERE NOT test;
+CREATE UNIQUE INDEX outbound_messages_provider_id_idx ON outbound_messages (provider, provider_message_id)
+    WHERE provider_message_id IS NOT NULL;
+CREATE INDEX outbound_messages_active_idx ON outbound_messages (updated_at) WHERE status IN ('pending', 'sending');
+CREATE INDEX outbound_messages_campaign_active_idx ON outbound_messages (campaign_id, id)
+    WHERE status IN ('pending', 'sending');
+CREATE INDEX outbound_messages_campaign_id_idx ON outbound_messages (campaign_id, id);
+CREATE INDEX outbound_messages_campaign_status_id_idx ON outbound_messages (campaign_id, status, id);
+CREATE INDEX outbound_messages_customer_idx ON outbound_messages (customer_id);
+CREATE INDEX outbound_messages_feed_idx ON outbound_messages (campaign_id, id)
+    WHERE status = 'pending' AND queued_at IS NULL;
+ALTER TABLE outbound_messages ADD CONSTRAINT outbound_messages_campaign_id_fkey
+    FOREIGN KEY (campaign_id) REFERENCES campaigns (id) ON DELETE CASCADE;
+ALTER TABLE outbound_messages ADD CONSTRAINT outbound_messages_customer_id_fkey
+    FOREIGN KEY (customer_id) REFERENCES customers (id) ON DELETE SET NULL;
+ALTER TABLE message_attempts ADD CONSTRAINT message_attempts_pkey PRIMARY KEY (message_id, attempt);
+ALTER TABLE message_attempts ADD CONSTRAINT message_attempts_message_id_fkey
+    FOREIGN KEY (message_id) REFERENCES outbound_messages (id) ON DELETE CASCADE;
