@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/lib/pq"
 
 	"github.com/campaignd/dispatch/messaging/provider"
 	"github.com/campaignd/dispatch/messaging/template"
@@ -22,6 +25,12 @@ import (
 // of the campaign's channel (422): a STOP is honoured for tests too.
 var ErrRecipientOptedOut = errs.New(errs.KindUnprocessable, "RECIPIENT_OPTED_OUT",
 	"the phone belongs to a customer who opted out of this channel")
+
+// ErrMessagesRemoved is a test send for a campaign whose messages were
+// removed by retention (409): its partition is gone, and a message for it
+// has nowhere to be stored.
+var ErrMessagesRemoved = errs.New(errs.KindConflict, "CAMPAIGN_MESSAGES_REMOVED",
+	"this campaign's messages were removed by MESSAGE_RETENTION; it takes no more messages")
 
 // TestSend is one test message to deliver: Template rendered with Fields,
 // to Phone. campaign.TestSend has the same fields (app converts one into
@@ -81,11 +90,11 @@ WITH stale AS (
     SET status = 'failed', attempts = m.attempts + 1, last_error = $2, updated_at = now()
     FROM stale s
     WHERE m.id = s.id AND m.status = 'sending' AND m.updated_at < now() - $1::interval
-    RETURNING m.id, m.attempts, m.updated_at
+    RETURNING m.id, m.campaign_id, m.attempts, m.updated_at
 ), hist AS (
-    INSERT INTO message_attempts (message_id, attempt, started_at, duration_ms, outcome, error)
-    SELECT id, attempts, updated_at, 0, 'uncertain', $2 FROM upd
-    ON CONFLICT (message_id, attempt) DO NOTHING
+    INSERT INTO message_attempts (campaign_id, message_id, attempt, started_at, duration_ms, outcome, error)
+    SELECT campaign_id, id, attempts, updated_at, 0, 'uncertain', $2 FROM upd
+    ON CONFLICT (campaign_id, message_id, attempt) DO NOTHING
 )
 SELECT count(*) FROM upd`
 
@@ -162,6 +171,9 @@ func (t *TestSender) Send(ctx context.Context, m TestSend) (MessageView, error) 
 		prov, string(info.Encoding), info.Segments)
 	if errors.Is(err, sql.ErrNoRows) {
 		return MessageView{}, ErrRecipientOptedOut.Withf("%s belongs to a customer who opted out of %s; nothing was sent", m.Phone, m.Channel)
+	}
+	if pe, ok := errors.AsType[*pq.Error](err); ok && pe.Code == "23514" && strings.HasPrefix(pe.Message, "no partition") {
+		return MessageView{}, ErrMessagesRemoved.Wrap(err)
 	}
 	if err != nil {
 		return MessageView{}, postgres.Classify(err, "create test message")
