@@ -64,11 +64,16 @@ func NewRetention(db *sqlx.DB, keep time.Duration, log *slog.Logger) *Retention 
 // session lock, so it works behind PgBouncer's transaction pooling.
 const retentionLockKey = 7_401_014
 
-// ensureAheadSQL makes the partition of the next campaign id now, in this
-// loop, so the campaigns insert trigger (which makes it otherwise, inside
-// the request that creates the campaign) seldom has DDL to do.
+// ensureAheadSQL makes the partition after the newest once campaign ids
+// are half way through the newest (or the partition of the next id, should
+// it be missing), so the campaigns insert trigger, which makes it otherwise
+// inside the request that creates the campaign, seldom has DDL to do.
 const ensureAheadSQL = `
-SELECT message_partitions_ensure(coalesce((SELECT max(id) FROM campaigns), 0) + 1)`
+WITH n AS (SELECT coalesce(max(id), 0) + 1 AS next FROM campaigns),
+     p AS (SELECT max(campaign_lo) AS lo, max(campaign_hi) AS hi FROM message_partitions)
+SELECT message_partitions_ensure(CASE WHEN n.next < p.hi AND n.next >= p.lo + (p.hi - p.lo) / 2 THEN p.hi
+                                      ELSE n.next END)
+FROM n, p`
 
 // expiredSQL finds the oldest partition that may go: a later campaign
 // exists (no new campaign can fall in its range), and every campaign in the
@@ -98,7 +103,7 @@ func (r *Retention) Run(ctx context.Context, interval time.Duration) {
 	})
 }
 
-// Step makes the next partition if it is missing and, with a positive keep,
+// Step makes the next partition ahead when it is due and, with a positive keep,
 // drops every expired partition, one per transaction (each drop holds the
 // table's lock only for its own catalog changes), and returns those it
 // dropped. Another replica dropping at the same time makes it stop early.
