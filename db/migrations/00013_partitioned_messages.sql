@@ -82,47 +82,16 @@ ALTER TABLE message_attempts RENAME TO message_attempts_old;
 ALTER TABLE outbound_messages RENAME TO outbound_messages_old;
 ALTER SEQUENCE outbound_messages_id_seq OWNED BY NONE;
 
-CREATE TABLE outbound_messages (
-    id                  bigint         NOT NULL DEFAULT nextval('outbound_messages_id_seq'),
-    campaign_id         bigint         NOT NULL,
-    customer_id         bigint         NULL,
-    status              text           NOT NULL DEFAULT 'pending',
-    rendered_content    text           NULL,
-    last_error          text           NULL,
-    retry_count         integer        NOT NULL DEFAULT 0,
-    created_at          timestamptz    NOT NULL DEFAULT now(),
-    updated_at          timestamptz    NOT NULL DEFAULT now(),
-    next_attempt_at     timestamptz    NULL,
-    queued_at           timestamptz    NULL,
-    provider            text           NULL,
-    provider_message_id text           NULL,
-    segments            integer        NULL,
-    encoding            text           NULL,
-    cost                numeric(12, 5) NULL,
-    currency            text           NULL,
-    sent_at             timestamptz    NULL,
-    delivered_at        timestamptz    NULL,
-    attempts            integer        NOT NULL DEFAULT 0,
-    test                boolean        NOT NULL DEFAULT false,
-    phone               text           NULL,
-    CONSTRAINT outbound_messages_encoding_check CHECK (encoding IN ('GSM-7', 'UCS-2')),
-    CONSTRAINT outbound_messages_retry_count_check CHECK (retry_count >= 0),
-    CONSTRAINT outbound_messages_status_check
-        CHECK (status IN ('pending', 'sending', 'sent', 'delivered', 'undelivered', 'failed', 'cancelled'))
-) PARTITION BY RANGE (campaign_id);
+-- LIKE copies the columns in their order, their defaults (the id's
+-- nextval) and CHECK constraints, whatever earlier migrations made them.
+CREATE TABLE outbound_messages (LIKE outbound_messages_old INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
+    PARTITION BY RANGE (campaign_id);
 
 -- campaign_id is here so that an attempt lives in the partition of its
 -- message and goes with it.
 CREATE TABLE message_attempts (
-    campaign_id     bigint      NOT NULL,
-    message_id      bigint      NOT NULL,
-    attempt         integer     NOT NULL,
-    started_at      timestamptz NOT NULL,
-    duration_ms     integer     NOT NULL,
-    outcome         text        NOT NULL,
-    error           text        NULL,
-    provider_status text        NULL,
-    CONSTRAINT message_attempts_outcome_check CHECK (outcome IN ('sent', 'failed', 'retried', 'uncertain'))
+    campaign_id bigint NOT NULL,
+    LIKE message_attempts_old INCLUDING DEFAULTS INCLUDING CONSTRAINTS
 ) PARTITION BY RANGE (campaign_id);
 
 -- The existing campaigns get one range per calendar month in which they
@@ -146,14 +115,9 @@ BEGIN
 END $$;
 -- +goose StatementEnd
 
-INSERT INTO outbound_messages
-SELECT id, campaign_id, customer_id, status, rendered_content, last_error, retry_count, created_at, updated_at,
-       next_attempt_at, queued_at, provider, provider_message_id, segments, encoding, cost, currency, sent_at,
-       delivered_at, attempts, test, phone
-FROM outbound_messages_old;
+INSERT INTO outbound_messages SELECT * FROM outbound_messages_old;
 INSERT INTO message_attempts
-SELECT m.campaign_id, a.message_id, a.attempt, a.started_at, a.duration_ms, a.outcome, a.error, a.provider_status
-FROM message_attempts_old a JOIN outbound_messages_old m ON m.id = a.message_id;
+SELECT m.campaign_id, a.* FROM message_attempts_old a JOIN outbound_messages_old m ON m.id = a.message_id;
 DROP TABLE message_attempts_old;
 DROP TABLE outbound_messages_old;
 ALTER SEQUENCE outbound_messages_id_seq OWNED BY outbound_messages.id;
@@ -202,34 +166,7 @@ ALTER TABLE message_attempts RENAME TO message_attempts_parted;
 ALTER TABLE outbound_messages RENAME TO outbound_messages_parted;
 ALTER SEQUENCE outbound_messages_id_seq OWNED BY NONE;
 
-CREATE TABLE outbound_messages (
-    id                  bigint         NOT NULL DEFAULT nextval('outbound_messages_id_seq'),
-    campaign_id         bigint         NOT NULL,
-    customer_id         bigint         NULL,
-    status              text           NOT NULL DEFAULT 'pending',
-    rendered_content    text           NULL,
-    last_error          text           NULL,
-    retry_count         integer        NOT NULL DEFAULT 0,
-    created_at          timestamptz    NOT NULL DEFAULT now(),
-    updated_at          timestamptz    NOT NULL DEFAULT now(),
-    next_attempt_at     timestamptz    NULL,
-    queued_at           timestamptz    NULL,
-    provider            text           NULL,
-    provider_message_id text           NULL,
-    segments            integer        NULL,
-    encoding            text           NULL,
-    cost                numeric(12, 5) NULL,
-    currency            text           NULL,
-    sent_at             timestamptz    NULL,
-    delivered_at        timestamptz    NULL,
-    attempts            integer        NOT NULL DEFAULT 0,
-    test                boolean        NOT NULL DEFAULT false,
-    phone               text           NULL,
-    CONSTRAINT outbound_messages_encoding_check CHECK (encoding IN ('GSM-7', 'UCS-2')),
-    CONSTRAINT outbound_messages_retry_count_check CHECK (retry_count >= 0),
-    CONSTRAINT outbound_messages_status_check
-        CHECK (status IN ('pending', 'sending', 'sent', 'delivered', 'undelivered', 'failed', 'cancelled'))
-);
+CREATE TABLE outbound_messages (LIKE outbound_messages_parted INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
 CREATE TABLE message_attempts (
     message_id      bigint      NOT NULL,
     attempt         integer     NOT NULL,
