@@ -45,9 +45,10 @@ type Partition struct {
 	CampaignHi int64 `db:"campaign_hi"`
 }
 
-// Retention keeps the messages table's partitions: it makes the next one
-// before campaigns need it, and with a positive keep it drops whole
-// partitions whose campaigns all finished longer than keep ago.
+// Retention keeps the messages table's partitions (migration 00013): it
+// makes the next range of campaign ids ahead of the campaigns that need it
+// and, with a positive keep, drops whole ranges whose campaigns all
+// finished longer than keep ago.
 type Retention struct {
 	db   *sqlx.DB
 	keep time.Duration
@@ -59,21 +60,87 @@ func NewRetention(db *sqlx.DB, keep time.Duration, log *slog.Logger) *Retention 
 	return &Retention{db: db, keep: keep, log: log}
 }
 
-// retentionLockKey makes one replica at a time drop partitions. It is a
+// keeperLockKey makes one replica at a time change partitions. It is a
 // transaction-scoped advisory lock (pg_try_advisory_xact_lock), never a
-// session lock, so it works behind PgBouncer's transaction pooling.
-const retentionLockKey = 7_401_014
+// session lock, so it works behind PgBouncer's transaction pooling. Its
+// second half is the schema's, so deployments (and tests) in other schemas
+// of the same database do not wait on each other.
+const keeperLockKey = 7_401_013
 
-// ensureAheadSQL makes the partition after the newest once campaign ids
-// are half way through the newest (or the partition of the next id, should
-// it be missing), so the campaigns insert trigger, which makes it otherwise
-// inside the request that creates the campaign, seldom has DDL to do.
-const ensureAheadSQL = `
+// keeperLockTimeout bounds the wait for the table locks that DDL on a
+// partitioned table takes (ACCESS EXCLUSIVE on outbound_messages, SHARE ROW
+// EXCLUSIVE on campaigns and customers, which its foreign keys reference):
+// while it waits, every statement on those tables queues behind it, so it
+// gives up quickly and the next run tries again.
+const keeperLockTimeout = "500ms"
+
+// minRangeWidth is the narrowest range of campaign ids a partition covers.
+const minRangeWidth = 16
+
+// nextRangeSQL decides whether a range is due and where it goes: when no
+// range exists, or the next campaign id is half way through the newest or
+// past it. It starts at the newest range's end, or above any campaign id
+// the DEFAULT partition holds (so the new partition never claims its
+// rows), and is as wide as the campaigns created in the last 30 days (at
+// least minRangeWidth), and wide enough to cover the next campaign id.
+const nextRangeSQL = `
 WITH n AS (SELECT coalesce(max(id), 0) + 1 AS next FROM campaigns),
-     p AS (SELECT max(campaign_lo) AS lo, max(campaign_hi) AS hi FROM message_partitions)
-SELECT message_partitions_ensure(CASE WHEN n.next < p.hi AND n.next >= p.lo + (p.hi - p.lo) / 2 THEN p.hi
-                                      ELSE n.next END)
-FROM n, p`
+     p AS (SELECT max(campaign_lo) AS lo, max(campaign_hi) AS hi FROM message_partitions),
+     d AS (SELECT coalesce(max(campaign_id), 0) + 1 AS above FROM outbound_messages_default),
+     w AS (SELECT greatest($1::bigint, count(*)) AS width FROM campaigns WHERE created_at > now() - interval '30 days'),
+     r AS (SELECT greatest(coalesce(p.hi, 1), d.above) AS lo, w.width, n.next
+           FROM n, p, d, w
+           WHERE p.hi IS NULL OR n.next >= p.lo + (p.hi - p.lo) / 2)
+SELECT lo AS campaign_lo, greatest(lo + width, next + width) AS campaign_hi FROM r`
+
+// extend makes the next range if one is due and returns it (nil if none
+// was due or another replica holds the lock).
+func (r *Retention) extend(ctx context.Context) (*Partition, error) {
+	var made *Partition
+	err := r.keeperTx(ctx, func(tx *sqlx.Tx) error {
+		var p Partition
+		err := tx.GetContext(ctx, &p, nextRangeSQL, minRangeWidth)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return postgres.Classify(err, "plan the next message partition")
+		}
+		suffix := "_c" + strconv.FormatInt(p.CampaignLo, 10)
+		for _, table := range []string{"outbound_messages", "message_attempts"} {
+			if _, err := tx.ExecContext(ctx, fmt.Sprintf(`CREATE TABLE %s%s PARTITION OF %s FOR VALUES FROM (%d) TO (%d)`,
+				table, suffix, table, p.CampaignLo, p.CampaignHi)); err != nil {
+				return postgres.Classify(err, "make message partition "+suffix)
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO message_partitions (campaign_lo, campaign_hi) VALUES ($1, $2)`,
+			p.CampaignLo, p.CampaignHi); err != nil {
+			return postgres.Classify(err, "record message partition "+suffix)
+		}
+		made = &p
+		return nil
+	})
+	return made, err
+}
+
+// keeperTx runs fn in a transaction holding the keeper's lock, with a
+// short lock_timeout; without the lock (another replica has it) fn does
+// not run.
+func (r *Retention) keeperTx(ctx context.Context, fn func(tx *sqlx.Tx) error) error {
+	return postgres.InTx(ctx, r.db, func(tx *sqlx.Tx) error {
+		var locked bool
+		if err := tx.GetContext(ctx, &locked, `SELECT pg_try_advisory_xact_lock($1, hashtext(current_schema()))`, keeperLockKey); err != nil {
+			return postgres.Classify(err, "take the partition keeper's lock")
+		}
+		if !locked {
+			return nil
+		}
+		if _, err := tx.ExecContext(ctx, `SET LOCAL lock_timeout = '`+keeperLockTimeout+`'`); err != nil {
+			return postgres.Classify(err, "set lock_timeout")
+		}
+		return fn(tx)
+	})
+}
 
 // expiredSQL finds the oldest partition that may go: a later campaign
 // exists (no new campaign can fall in its range), and every campaign in the
@@ -95,21 +162,25 @@ ORDER BY p.campaign_lo
 LIMIT 1`
 
 // Run keeps the partitions every interval until ctx ends (it returns then).
-// Every replica runs it; the advisory lock makes the drops one at a time.
+// Every replica runs it; the advisory lock makes the changes one at a time.
 func (r *Retention) Run(ctx context.Context, interval time.Duration) {
-	loop.Every(ctx, interval, "message retention", r.log, func(ctx context.Context) error {
+	loop.Every(ctx, interval, "partition keeper", r.log, func(ctx context.Context) error {
 		_, err := r.Step(ctx)
 		return err
 	})
 }
 
-// Step makes the next partition ahead when it is due and, with a positive keep,
-// drops every expired partition, one per transaction (each drop holds the
-// table's lock only for its own catalog changes), and returns those it
-// dropped. Another replica dropping at the same time makes it stop early.
+// Step makes the next range of campaign ids if it is due and, with a
+// positive keep, drops every expired range, one per transaction (each
+// holds the tables' locks only for its own catalog changes), and returns
+// those it dropped.
 func (r *Retention) Step(ctx context.Context) ([]Partition, error) {
-	if _, err := r.db.ExecContext(ctx, ensureAheadSQL); err != nil {
-		return nil, postgres.Classify(err, "make the next message partition")
+	made, err := r.extend(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if made != nil {
+		r.log.Info("made a message partition", "campaign_id_from", made.CampaignLo, "campaign_id_to", made.CampaignHi-1)
 	}
 	if r.keep <= 0 {
 		return nil, nil
@@ -126,24 +197,11 @@ func (r *Retention) Step(ctx context.Context) ([]Partition, error) {
 	}
 }
 
-// dropOne drops the oldest expired partition and returns it, or nil when
-// there is none or another replica holds the lock.
+// dropOne drops the oldest expired range and returns it, or nil when there
+// is none or another replica holds the lock.
 func (r *Retention) dropOne(ctx context.Context) (*Partition, error) {
 	var dropped *Partition
-	err := postgres.InTx(ctx, r.db, func(tx *sqlx.Tx) error {
-		var locked bool
-		if err := tx.GetContext(ctx, &locked, `SELECT pg_try_advisory_xact_lock($1)`, retentionLockKey); err != nil {
-			return postgres.Classify(err, "take the retention lock")
-		}
-		if !locked {
-			return nil
-		}
-		// DETACH and DROP take an exclusive lock on the parent: wait a
-		// little for it, never queue every message statement behind a long
-		// export. The next run tries again.
-		if _, err := tx.ExecContext(ctx, `SET LOCAL lock_timeout = '5s'`); err != nil {
-			return postgres.Classify(err, "set lock_timeout")
-		}
+	err := r.keeperTx(ctx, func(tx *sqlx.Tx) error {
 		var p Partition
 		err := tx.GetContext(ctx, &p, expiredSQL, pgInterval(r.keep))
 		if errors.Is(err, sql.ErrNoRows) {

@@ -41,10 +41,11 @@ func TestParseRetention(t *testing.T) {
 	}
 }
 
-// retentionEnv is a schema with campaigns in three partitions:
-// A = [1, 17) (the first partition is 16 wide), B = [17, 34) (17 campaigns
-// were created in the last 30 days when it was made) and C = [34, 68),
-// with campaigns 1-40, each with two messages, each with an attempt.
+// retentionEnv is a schema with campaigns 1-40 in three partitions made
+// by the keeper as they were created: A = [1, 17) (the first, 16 wide),
+// B = [17, 33) (16 campaigns created in the last 30 days when it was made,
+// once campaign ids were half way through A) and C = [33, 65); each
+// campaign has two messages, each message an attempt.
 type retentionEnv struct {
 	db *sqlx.DB
 }
@@ -53,21 +54,36 @@ func newRetentionEnv(t *testing.T) *retentionEnv {
 	t.Helper()
 	db := pgtest.New(t)
 	e := &retentionEnv{db: db.DB}
+	keeper := NewRetention(e.db, 0, quietLog())
 	e.exec(t, `INSERT INTO customers (phone) VALUES ('+14155550101'), ('+14155550102')`)
-	for range 40 {
-		// One at a time, as the API creates them: each insert's trigger
-		// sizes the partition it makes by the campaigns that exist.
+	for _, upTo := range []int{16, 32, 40} {
+		if _, err := keeper.Step(context.Background()); err != nil {
+			t.Fatal(err)
+		}
 		e.exec(t, `INSERT INTO campaigns (name, channel, status, base_template, finished_at)
-VALUES ('c', 'sms', 'sent', 'Hi', now() - interval '100 days')`)
+SELECT 'c', 'sms', 'sent', 'Hi', now() - interval '100 days'
+FROM generate_series(coalesce((SELECT max(id) FROM campaigns), 0) + 1, $1)`, upTo)
 	}
 	e.exec(t, `INSERT INTO outbound_messages (campaign_id, customer_id, status)
 SELECT k.id, u.id, 'sent' FROM campaigns k, customers u`)
 	e.exec(t, `INSERT INTO message_attempts (campaign_id, message_id, attempt, started_at, duration_ms, outcome)
 SELECT campaign_id, id, 1, now(), 5, 'sent' FROM outbound_messages`)
-	if got, want := e.partitions(t), []Partition{{1, 17}, {17, 34}, {34, 68}}; !cmp.Equal(got, want) {
-		t.Fatalf("partitions made by the campaigns trigger: %v, want %v", got, want)
+	if got, want := e.partitions(t), []Partition{{1, 17}, {17, 33}, {33, 65}}; !cmp.Equal(got, want) {
+		t.Fatalf("partitions made by the keeper: %v, want %v", got, want)
+	}
+	if n := e.inDefault(t); n != 0 {
+		t.Fatalf("%d messages in the DEFAULT partition, want none", n)
 	}
 	return e
+}
+
+func (e *retentionEnv) inDefault(t *testing.T) int {
+	t.Helper()
+	var n int
+	if err := e.db.Get(&n, `SELECT count(*) FROM outbound_messages_default`); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 func (e *retentionEnv) exec(t *testing.T, q string, args ...any) {
@@ -142,42 +158,58 @@ WHERE relname IN ('outbound_messages_c1', 'message_attempts_c1') AND relnamespac
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []Partition{{17, 34}}; !cmp.Equal(dropped, want) {
+	if want := []Partition{{17, 33}}; !cmp.Equal(dropped, want) {
 		t.Fatalf("dropped %v, want %v", dropped, want)
 	}
-	if got, want := e.partitions(t), []Partition{{34, 68}}; !cmp.Equal(got, want) {
+	if got, want := e.partitions(t), []Partition{{33, 65}}; !cmp.Equal(got, want) {
 		t.Fatalf("partitions left %v, want %v", got, want)
 	}
-	if m, a := e.counts(t, 34, 41); m != 14 || a != 14 {
-		t.Fatalf("campaigns 34-40 have %d messages and %d attempts, want 14 and 14", m, a)
+	if m, a := e.counts(t, 33, 41); m != 16 || a != 16 {
+		t.Fatalf("campaigns 33-40 have %d messages and %d attempts, want 16 and 16", m, a)
 	}
 
 	// The campaigns themselves stay; a message for one whose partition
-	// went has nowhere to go, and says so.
+	// went (a test send) lands in the DEFAULT partition.
 	var n int
 	if err := e.db.Get(&n, `SELECT count(*) FROM campaigns`); err != nil || n != 40 {
 		t.Fatalf("campaigns left: %d, %v; want 40", n, err)
 	}
-	_, err = e.db.Exec(`INSERT INTO outbound_messages (campaign_id, test, phone) VALUES (3, true, '+14155550199')`)
-	if pe, ok := errors.AsType[*pq.Error](err); !ok || pe.Code != "23514" {
-		t.Fatalf("insert for a dropped campaign: %v, want check_violation (no partition)", err)
+	e.exec(t, `INSERT INTO outbound_messages (campaign_id, test, phone) VALUES (3, true, '+14155550199')`)
+	if n := e.inDefault(t); n != 1 {
+		t.Fatalf("%d messages in the DEFAULT partition, want the test message", n)
 	}
 }
 
 func TestRetentionZeroKeepsEverythingAndMakesTheNextPartition(t *testing.T) {
 	t.Parallel()
 	e := newRetentionEnv(t)
-	// Campaign 89 falls past C: its insert makes [68, 109); 90, the next
-	// id, is half way through that, so Step makes the one after it.
+	ctx := context.Background()
+	// Campaign 89 is created and sent to before the keeper runs: no range
+	// covers it, so its message goes to the DEFAULT partition, and the
+	// next range starts above it.
 	e.exec(t, `SELECT setval('campaigns_id_seq', 88)`)
-	e.exec(t, `INSERT INTO campaigns (name, channel, status, base_template) VALUES ('c', 'sms', 'draft', 'Hi')`)
-	dropped, err := NewRetention(e.db, 0, quietLog()).Step(context.Background())
+	e.exec(t, `INSERT INTO campaigns (name, channel, status, base_template) VALUES ('c', 'sms', 'sending', 'Hi')`)
+	e.exec(t, `INSERT INTO outbound_messages (campaign_id, customer_id) VALUES (89, 1)`)
+	dropped, err := NewRetention(e.db, 0, quietLog()).Step(ctx)
 	if err != nil || len(dropped) != 0 {
 		t.Fatalf("Step = %v, %v; want nothing dropped", dropped, err)
 	}
-	got := e.partitions(t)
-	if len(got) != 5 || got[3] != (Partition{68, 109}) || got[4].CampaignLo != 109 {
-		t.Fatalf("partitions %v: want A, B, C, [68, 109) for campaign 89 and the next one made ahead from 109", got)
+	if got, want := e.partitions(t), []Partition{{1, 17}, {17, 33}, {33, 65}, {90, 131}}; !cmp.Equal(got, want) {
+		t.Fatalf("partitions %v, want %v (41 campaigns in the last 30 days)", got, want)
+	}
+	e.exec(t, `INSERT INTO campaigns (name, channel, status, base_template) VALUES ('c', 'sms', 'sending', 'Hi')`)
+	e.exec(t, `INSERT INTO outbound_messages (campaign_id, customer_id) VALUES (90, 1)`)
+	var where string
+	if err := e.db.Get(&where, `SELECT tableoid::regclass::text FROM outbound_messages WHERE campaign_id = 90`); err != nil {
+		t.Fatal(err)
+	}
+	if where != "outbound_messages_c90" {
+		t.Fatalf("campaign 90's message is in %s, want outbound_messages_c90", where)
+	}
+	// The DEFAULT partition keeps the guarantee too.
+	_, err = e.db.Exec(`INSERT INTO outbound_messages (campaign_id, customer_id) VALUES (89, 1)`)
+	if pe, ok := errors.AsType[*pq.Error](err); !ok || pe.Code != "23505" {
+		t.Fatalf("second message for (campaign 89, customer 1): %v, want unique_violation", err)
 	}
 	if m, a := e.counts(t, 1, 41); m != 80 || a != 80 {
 		t.Fatalf("%d messages and %d attempts, want 80 and 80", m, a)

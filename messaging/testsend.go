@@ -6,11 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
-
-	"github.com/lib/pq"
 
 	"github.com/campaignd/dispatch/messaging/provider"
 	"github.com/campaignd/dispatch/messaging/template"
@@ -25,12 +22,6 @@ import (
 // of the campaign's channel (422): a STOP is honoured for tests too.
 var ErrRecipientOptedOut = errs.New(errs.KindUnprocessable, "RECIPIENT_OPTED_OUT",
 	"the phone belongs to a customer who opted out of this channel")
-
-// ErrMessagesRemoved is a test send for a campaign whose messages were
-// removed by retention (409): its partition is gone, and a message for it
-// has nowhere to be stored.
-var ErrMessagesRemoved = errs.New(errs.KindConflict, "CAMPAIGN_MESSAGES_REMOVED",
-	"this campaign's messages were removed by MESSAGE_RETENTION; it takes no more messages")
 
 // TestSend is one test message to deliver: Template rendered with Fields,
 // to Phone. campaign.TestSend has the same fields (app converts one into
@@ -171,9 +162,6 @@ func (t *TestSender) Send(ctx context.Context, m TestSend) (MessageView, error) 
 		prov, string(info.Encoding), info.Segments)
 	if errors.Is(err, sql.ErrNoRows) {
 		return MessageView{}, ErrRecipientOptedOut.Withf("%s belongs to a customer who opted out of %s; nothing was sent", m.Phone, m.Channel)
-	}
-	if pe, ok := errors.AsType[*pq.Error](err); ok && pe.Code == "23514" && strings.HasPrefix(pe.Message, "no partition") {
-		return MessageView{}, ErrMessagesRemoved.Wrap(err)
 	}
 	if err != nil {
 		return MessageView{}, postgres.Classify(err, "create test message")

@@ -19,61 +19,26 @@
 --
 -- message_partitions lists the ranges: [campaign_lo, campaign_hi) of
 -- campaign ids, the partitions outbound_messages_c<lo> and
--- message_attempts_c<lo>. Ranges are contiguous from the first; retention
--- removes the oldest ones.
+-- message_attempts_c<lo>. The partition keeper (messaging.Retention, a loop
+-- in every replica) makes the next range ahead, once campaign ids are half
+-- way through the newest, and retention drops the old ones.
+--
+-- A DEFAULT partition takes the messages of campaigns no range covers
+-- (created faster than the keeper made ranges, or sent a test message after
+-- their range was dropped), so an insert never fails for want of a
+-- partition. Ranges are never made in the request that needs them: creating
+-- a partition locks campaigns and customers (their foreign keys) in SHARE
+-- ROW EXCLUSIVE mode, so two campaign inserts each making one would
+-- deadlock; the keeper does it alone, with a short lock_timeout. The keeper
+-- starts each new range above any campaign id in the DEFAULT partition, so
+-- it never has rows to move, and its check of the DEFAULT partition stays a
+-- scan of a table that is normally empty.
 CREATE TABLE message_partitions (
     campaign_lo bigint      PRIMARY KEY,
     campaign_hi bigint      NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT message_partitions_range_check CHECK (campaign_lo < campaign_hi)
 );
-
--- message_partitions_ensure makes the partitions that hold campaign cid's
--- messages, if they do not exist yet. Called by the campaigns insert trigger
--- below (so a campaign never exists without its partition, and its messages,
--- which need the campaign by foreign key, always have one: no DEFAULT
--- partition is needed, and none would be cheap: every new partition would
--- have to scan it) and ahead of time by the retention loop, so the DDL
--- seldom runs in an API request. One creator at a time (a transaction
--- advisory lock: this works behind PgBouncer's transaction pooling); the
--- DDL waits at most 5 s for the table lock instead of queueing every
--- statement on outbound_messages behind a long export.
--- +goose StatementBegin
-CREATE FUNCTION message_partitions_ensure(cid bigint) RETURNS void LANGUAGE plpgsql AS $$
-DECLARE
-    lo      bigint;
-    hi      bigint;
-    nsp     text;
-    timeout text;
-BEGIN
-    IF EXISTS (SELECT 1 FROM message_partitions p WHERE cid >= p.campaign_lo AND cid < p.campaign_hi) THEN
-        RETURN;
-    END IF;
-    PERFORM pg_advisory_xact_lock(7401013);
-    IF EXISTS (SELECT 1 FROM message_partitions p WHERE cid >= p.campaign_lo AND cid < p.campaign_hi) THEN
-        RETURN;
-    END IF;
-    SELECT coalesce(max(campaign_hi), 1) INTO lo FROM message_partitions;
-    IF cid < lo THEN
-        -- Below the newest range but in none: its range was dropped by
-        -- retention, which only drops ranges that later campaigns passed.
-        RAISE EXCEPTION 'campaign % belongs to a message partition removed by retention', cid
-            USING ERRCODE = 'check_violation';
-    END IF;
-    SELECT greatest(16, count(*)) INTO hi FROM campaigns WHERE created_at > now() - interval '30 days';
-    hi := greatest(lo + hi, cid + 1);
-    SELECT n.nspname INTO nsp FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.oid = 'outbound_messages'::regclass;
-    timeout := current_setting('lock_timeout');
-    PERFORM set_config('lock_timeout', '5s', true);
-    EXECUTE format('CREATE TABLE %I.%I PARTITION OF %I.outbound_messages FOR VALUES FROM (%s) TO (%s)',
-                   nsp, 'outbound_messages_c' || lo, nsp, lo, hi);
-    EXECUTE format('CREATE TABLE %I.%I PARTITION OF %I.message_attempts FOR VALUES FROM (%s) TO (%s)',
-                   nsp, 'message_attempts_c' || lo, nsp, lo, hi);
-    PERFORM set_config('lock_timeout', timeout, true);
-    INSERT INTO message_partitions (campaign_lo, campaign_hi) VALUES (lo, hi);
-END $$;
--- +goose StatementEnd
 
 -- The data moves: the old tables are renamed, the partitioned ones created
 -- with the same columns in the same order, filled, and the old dropped; the
@@ -114,6 +79,8 @@ BEGIN
     END LOOP;
 END $$;
 -- +goose StatementEnd
+CREATE TABLE outbound_messages_default PARTITION OF outbound_messages DEFAULT;
+CREATE TABLE message_attempts_default PARTITION OF message_attempts DEFAULT;
 
 INSERT INTO outbound_messages SELECT * FROM outbound_messages_old;
 INSERT INTO message_attempts
@@ -147,21 +114,8 @@ ALTER TABLE message_attempts ADD CONSTRAINT message_attempts_pkey PRIMARY KEY (m
 ALTER TABLE message_attempts ADD CONSTRAINT message_attempts_message_id_fkey
     FOREIGN KEY (message_id, campaign_id) REFERENCES outbound_messages (id, campaign_id) ON DELETE CASCADE;
 
--- +goose StatementBegin
-CREATE FUNCTION campaigns_message_partition() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM message_partitions_ensure(NEW.id);
-    RETURN NULL;
-END $$;
--- +goose StatementEnd
-CREATE TRIGGER campaigns_message_partition AFTER INSERT ON campaigns
-    FOR EACH ROW EXECUTE FUNCTION campaigns_message_partition();
 
 -- +goose Down
-DROP TRIGGER campaigns_message_partition ON campaigns;
-DROP FUNCTION campaigns_message_partition();
-DROP FUNCTION message_partitions_ensure(bigint);
-
 ALTER TABLE message_attempts RENAME TO message_attempts_parted;
 ALTER TABLE outbound_messages RENAME TO outbound_messages_parted;
 ALTER SEQUENCE outbound_messages_id_seq OWNED BY NONE;

@@ -97,7 +97,7 @@ SELECT id, 1, coalesce(sent_at, now()), 80, 'sent', 'Success' FROM outbound_mess
 	}
 
 	// The guarantee holds, ids continue from the same sequence, and a new
-	// campaign gets its partition.
+	// campaign's messages have a place.
 	_, err = db.Exec(`INSERT INTO outbound_messages (campaign_id, customer_id) VALUES (1, 1)`)
 	if pe, ok := errors.AsType[*pq.Error](err); !ok || pe.Code != "23505" {
 		t.Fatalf("second message for (campaign 1, customer 1): %v, want unique_violation", err)
@@ -112,6 +112,14 @@ SELECT id, 1, coalesce(sent_at, now()), 80, 'sent', 'Success' FROM outbound_mess
 	}
 	mustExec(t, db, `INSERT INTO message_attempts (campaign_id, message_id, attempt, started_at, duration_ms, outcome)
 VALUES (5, $1, 1, now(), 3, 'failed')`, newID)
+	var where string
+	if err := db.Get(&where, `SELECT tableoid::regclass::text FROM outbound_messages WHERE id = $1`, newID); err != nil {
+		t.Fatal(err)
+	}
+	if where != "outbound_messages_default" {
+		// No range covers campaign 5 until the partition keeper makes one.
+		t.Fatalf("campaign 5's message is in %s, want the DEFAULT partition", where)
+	}
 	after := digest(t, db)
 
 	if _, err := p.DownTo(ctx, partitionVersion-1); err != nil {
