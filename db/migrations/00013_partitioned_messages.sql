@@ -62,10 +62,14 @@ CREATE TABLE message_attempts (
 ) PARTITION BY RANGE (campaign_id);
 
 -- The existing campaigns get one range per calendar month in which they
--- were created, the first from campaign id 1, the last up to the newest.
+-- were created, the first from campaign id 1, the last up to the newest;
+-- then one range ahead.
 -- +goose StatementBegin
 DO $$
-DECLARE r record;
+DECLARE
+    r          record;
+    ahead_lo   bigint;
+    ahead_hi   bigint;
 BEGIN
     FOR r IN
         SELECT CASE WHEN row_number() OVER w = 1 THEN 1 ELSE lo END AS lo,
@@ -79,6 +83,14 @@ BEGIN
                        'message_attempts_c' || r.lo, r.lo, r.hi);
         INSERT INTO message_partitions (campaign_lo, campaign_hi) VALUES (r.lo, r.hi);
     END LOOP;
+    -- And the range ahead, for the next campaigns, as the keeper makes it.
+    SELECT coalesce(max(campaign_hi), 1) INTO ahead_lo FROM message_partitions;
+    SELECT ahead_lo + greatest(16, count(*)) INTO ahead_hi FROM campaigns WHERE created_at > now() - interval '30 days';
+    EXECUTE format('CREATE TABLE %I PARTITION OF outbound_messages FOR VALUES FROM (%s) TO (%s)',
+                   'outbound_messages_c' || ahead_lo, ahead_lo, ahead_hi);
+    EXECUTE format('CREATE TABLE %I PARTITION OF message_attempts FOR VALUES FROM (%s) TO (%s)',
+                   'message_attempts_c' || ahead_lo, ahead_lo, ahead_hi);
+    INSERT INTO message_partitions (campaign_lo, campaign_hi) VALUES (ahead_lo, ahead_hi);
 END $$;
 -- +goose StatementEnd
 CREATE TABLE outbound_messages_default PARTITION OF outbound_messages DEFAULT;

@@ -88,8 +88,8 @@ SELECT id, 1, coalesce(sent_at, now()), 80, 'sent', 'Success' FROM outbound_mess
 	if err := db.Select(&ranges, `SELECT campaign_lo, campaign_hi FROM message_partitions ORDER BY 1`); err != nil {
 		t.Fatal(err)
 	}
-	if len(ranges) != 3 || ranges[0].Lo != 1 || ranges[0].Hi != 2 || ranges[1].Hi != 4 || ranges[2].Hi != 5 {
-		t.Fatalf("partitions %+v: want one per month of creation, [1,2) [2,4) [4,5)", ranges)
+	if len(ranges) != 4 || ranges[0].Lo != 1 || ranges[0].Hi != 2 || ranges[1].Hi != 4 || ranges[2].Hi != 5 || ranges[3].Hi != 21 {
+		t.Fatalf("partitions %+v: want one per month of creation, [1,2) [2,4) [4,5), and [5,21) ahead", ranges)
 	}
 	var inPartition int
 	if err := db.Get(&inPartition, `SELECT count(*) FROM outbound_messages_c2`); err != nil || inPartition != 102 {
@@ -116,9 +116,8 @@ VALUES (5, $1, 1, now(), 3, 'failed')`, newID)
 	if err := db.Get(&where, `SELECT tableoid::regclass::text FROM outbound_messages WHERE id = $1`, newID); err != nil {
 		t.Fatal(err)
 	}
-	if where != "outbound_messages_default" {
-		// No range covers campaign 5 until the partition keeper makes one.
-		t.Fatalf("campaign 5's message is in %s, want the DEFAULT partition", where)
+	if where != "outbound_messages_c5" {
+		t.Fatalf("campaign 5's message is in %s, want the range made ahead, outbound_messages_c5", where)
 	}
 	after := digest(t, db)
 
