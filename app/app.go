@@ -282,7 +282,7 @@ func (a *App) Addr() string { return a.listener.Addr().String() }
 //     requests (api.shutdown_timeout), while, at the same time, the worker
 //     pool stops taking jobs and finishes in-flight deliveries
 //     (worker.drain_timeout), recording every outcome;
-//  2. the background loops (feeder, sweeper, promoter, reaper, materialiser, finisher, scheduler, retention) stop;
+//  2. the background loops (feeder, sweeper, promoter, reaper, materialiser, finisher, scheduler, partition keeper) stop;
 //  3. Close (called by the owner) closes Redis, then PostgreSQL.
 //
 // It returns nil after a clean shutdown.
