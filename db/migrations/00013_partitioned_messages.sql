@@ -11,9 +11,10 @@
 -- ordinary index; keyed by time it would need a second table written on
 -- every send; keyed by id it could not hold at all. The price: a lookup by
 -- message id alone (the claim, the recorder, GET /messages/{id}) probes
--- every partition: the claim and record of 100 messages cost 0.8, 2.4 and
--- 5.2 times the plain table's with 1, 12 and 50 partitions, GET
--- /messages/{id} 0.8, 1.2 and 3.6 times (messaging BenchmarkPartitionProbe).
+-- every partition: the claim and record of 100 messages cost 1.05, 1.7,
+-- 3.4 and 6.4 times the plain table's with 1, 4, 12 and 50 partitions, GET
+-- /messages/{id} 0.96, 1.5, 2.2 and 5.5 times (messaging
+-- BenchmarkPartitionProbe).
 -- So partitions are few and wide: each covers a range of campaign ids about
 -- a month of campaigns wide (the campaigns created in the last 30 days when
 -- it is made, at least 16), and with a retention of 90 days about four are
