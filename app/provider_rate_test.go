@@ -59,8 +59,17 @@ func TestProviderRateSharedByReplicas(t *testing.T) {
 	}
 	mean := float64(total) / elapsed.Seconds()
 	t.Logf("two replicas at AFRICASTALKING_RATE=%d: %.1f messages/s over %v; each second: %v", rate, mean, elapsed.Round(time.Millisecond), perSecond)
-	if mean < rate*0.95 || mean > rate*1.05 {
-		t.Errorf("delivered %.1f messages/s through two replicas, want %d ± 5%%", mean, rate)
+	// The limit is shared: two replicas together stay within it (each
+	// limiting itself alone would deliver twice as much). That bound holds
+	// however loaded the machine is. The lower bound only catches a limiter
+	// gone far too cautious: a CI machine running other packages' tests at
+	// the same time can starve the pools of CPU for seconds (seen: 181/s,
+	// with single seconds at 100), so it is not a timing target.
+	if mean > rate*1.05 {
+		t.Errorf("delivered %.1f messages/s through two replicas, want at most %d + 5%%", mean, rate)
+	}
+	if mean < rate*0.7 {
+		t.Errorf("delivered %.1f messages/s through two replicas, want near %d", mean, rate)
 	}
 	a, b := rig.pool.Stats().Sent, replica.pool.Stats().Sent
 	t.Logf("sent by replica 1: %d, by replica 2: %d", a, b)

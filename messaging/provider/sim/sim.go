@@ -45,10 +45,12 @@ const (
 )
 
 // Callback posting: a failed or non-2xx POST is tried again after
-// callbackBackoff, doubling, up to callbackAttempts in all, as providers
-// retry webhooks (on a much longer scale).
+// callbackBackoff, doubling, up to callbackAttempts in all (about 13 s from
+// the first try to the last), as providers retry webhooks (on a much longer
+// scale). The window must outlast a service restart: receipts posted while
+// the receiving process is down are otherwise lost to the test.
 const (
-	callbackAttempts = 4
+	callbackAttempts = 8
 	callbackBackoff  = 100 * time.Millisecond
 	callbackTimeout  = 5 * time.Second
 	maxRequestBody   = 1 << 20
