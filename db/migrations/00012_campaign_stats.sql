@@ -28,29 +28,25 @@ CREATE TABLE campaign_stats (
     PRIMARY KEY (campaign_id, slot)
 );
 
--- Each function applies the net change of one statement: +1 per new row, -1
--- per old row, by campaign and status. Rows whose status did not change
--- cancel out, and a campaign with no net change is not touched (the feeder
--- setting queued_at writes no counter). The upsert goes in campaign order so
--- that two statements touching the same campaigns lock their rows in the same
--- order. plpgsql resolves a transition table's name when the statement using
--- it runs, so each operation has its own function naming only the tables its
--- trigger defines.
+-- campaign_stats_apply adds the net change of one statement, given as
+-- (campaign, status, delta) triples, to the counters. A campaign with no net
+-- change is not touched (the feeder setting queued_at writes no counter).
+-- The upsert goes in campaign order so that two statements touching the same
+-- campaigns lock their rows in the same order.
 -- +goose StatementBegin
-CREATE FUNCTION campaign_stats_on_insert() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO campaign_stats AS s
-        (campaign_id, slot, pending, sending, sent, delivered, undelivered, failed, cancelled)
+CREATE FUNCTION campaign_stats_apply(campaign_ids bigint[], statuses text[], deltas bigint[])
+RETURNS void LANGUAGE sql AS $$
+    INSERT INTO campaign_stats AS s (campaign_id, slot, pending, sending, sent, delivered, undelivered, failed, cancelled)
     SELECT * FROM (
-        SELECT campaign_id, (pg_backend_pid() % 8)::smallint AS slot,
-           coalesce(sum(d) FILTER (WHERE status = 'pending'), 0),
-           coalesce(sum(d) FILTER (WHERE status = 'sending'), 0),
-           coalesce(sum(d) FILTER (WHERE status = 'sent'), 0),
-           coalesce(sum(d) FILTER (WHERE status = 'delivered'), 0),
-           coalesce(sum(d) FILTER (WHERE status = 'undelivered'), 0),
-           coalesce(sum(d) FILTER (WHERE status = 'failed'), 0),
-           coalesce(sum(d) FILTER (WHERE status = 'cancelled'), 0)
-        FROM (SELECT campaign_id, status, count(*) AS d FROM new_rows WHERE NOT test GROUP BY 1, 2) AS change
+        SELECT campaign_id, (pg_backend_pid() % 8)::smallint,
+               coalesce(sum(d) FILTER (WHERE status = 'pending'), 0),
+               coalesce(sum(d) FILTER (WHERE status = 'sending'), 0),
+               coalesce(sum(d) FILTER (WHERE status = 'sent'), 0),
+               coalesce(sum(d) FILTER (WHERE status = 'delivered'), 0),
+               coalesce(sum(d) FILTER (WHERE status = 'undelivered'), 0),
+               coalesce(sum(d) FILTER (WHERE status = 'failed'), 0),
+               coalesce(sum(d) FILTER (WHERE status = 'cancelled'), 0)
+        FROM unnest(campaign_ids, statuses, deltas) AS change (campaign_id, status, d)
         GROUP BY campaign_id
     ) AS delta (campaign_id, slot, pending, sending, sent, delivered, undelivered, failed, cancelled)
     WHERE pending <> 0 OR sending <> 0 OR sent <> 0 OR delivered <> 0 OR undelivered <> 0 OR failed <> 0 OR cancelled <> 0
@@ -63,6 +59,19 @@ BEGIN
         undelivered = s.undelivered + excluded.undelivered,
         failed      = s.failed      + excluded.failed,
         cancelled   = s.cancelled   + excluded.cancelled;
+$$;
+-- +goose StatementEnd
+
+-- The triggers' functions count a statement's rows by campaign and status:
+-- +1 per new row, -1 per old row, so rows whose status did not change cancel
+-- out. plpgsql resolves a transition table's name when the statement using
+-- it runs, so each operation has its own function naming only the tables its
+-- trigger defines.
+-- +goose StatementBegin
+CREATE FUNCTION campaign_stats_on_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM campaign_stats_apply(array_agg(campaign_id), array_agg(status), array_agg(d))
+    FROM (SELECT campaign_id, status, count(*) AS d FROM new_rows WHERE NOT test GROUP BY 1, 2) AS change;
     RETURN NULL;
 END $$;
 -- +goose StatementEnd
@@ -70,34 +79,10 @@ END $$;
 -- +goose StatementBegin
 CREATE FUNCTION campaign_stats_on_update() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO campaign_stats AS s
-        (campaign_id, slot, pending, sending, sent, delivered, undelivered, failed, cancelled)
-    SELECT * FROM (
-        SELECT campaign_id, (pg_backend_pid() % 8)::smallint AS slot,
-           coalesce(sum(d) FILTER (WHERE status = 'pending'), 0),
-           coalesce(sum(d) FILTER (WHERE status = 'sending'), 0),
-           coalesce(sum(d) FILTER (WHERE status = 'sent'), 0),
-           coalesce(sum(d) FILTER (WHERE status = 'delivered'), 0),
-           coalesce(sum(d) FILTER (WHERE status = 'undelivered'), 0),
-           coalesce(sum(d) FILTER (WHERE status = 'failed'), 0),
-           coalesce(sum(d) FILTER (WHERE status = 'cancelled'), 0)
-        FROM (
-            SELECT campaign_id, status, count(*) AS d FROM new_rows WHERE NOT test GROUP BY 1, 2
-            UNION ALL
-            SELECT campaign_id, status, -count(*) FROM old_rows WHERE NOT test GROUP BY 1, 2
-        ) AS change
-        GROUP BY campaign_id
-    ) AS delta (campaign_id, slot, pending, sending, sent, delivered, undelivered, failed, cancelled)
-    WHERE pending <> 0 OR sending <> 0 OR sent <> 0 OR delivered <> 0 OR undelivered <> 0 OR failed <> 0 OR cancelled <> 0
-    ORDER BY campaign_id
-    ON CONFLICT (campaign_id, slot) DO UPDATE SET
-        pending     = s.pending     + excluded.pending,
-        sending     = s.sending     + excluded.sending,
-        sent        = s.sent        + excluded.sent,
-        delivered   = s.delivered   + excluded.delivered,
-        undelivered = s.undelivered + excluded.undelivered,
-        failed      = s.failed      + excluded.failed,
-        cancelled   = s.cancelled   + excluded.cancelled;
+    PERFORM campaign_stats_apply(array_agg(campaign_id), array_agg(status), array_agg(d))
+    FROM (SELECT campaign_id, status, count(*) AS d FROM new_rows WHERE NOT test GROUP BY 1, 2
+          UNION ALL
+          SELECT campaign_id, status, -count(*) FROM old_rows WHERE NOT test GROUP BY 1, 2) AS change;
     RETURN NULL;
 END $$;
 -- +goose StatementEnd
@@ -105,30 +90,8 @@ END $$;
 -- +goose StatementBegin
 CREATE FUNCTION campaign_stats_on_delete() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO campaign_stats AS s
-        (campaign_id, slot, pending, sending, sent, delivered, undelivered, failed, cancelled)
-    SELECT * FROM (
-        SELECT campaign_id, (pg_backend_pid() % 8)::smallint AS slot,
-           coalesce(sum(d) FILTER (WHERE status = 'pending'), 0),
-           coalesce(sum(d) FILTER (WHERE status = 'sending'), 0),
-           coalesce(sum(d) FILTER (WHERE status = 'sent'), 0),
-           coalesce(sum(d) FILTER (WHERE status = 'delivered'), 0),
-           coalesce(sum(d) FILTER (WHERE status = 'undelivered'), 0),
-           coalesce(sum(d) FILTER (WHERE status = 'failed'), 0),
-           coalesce(sum(d) FILTER (WHERE status = 'cancelled'), 0)
-        FROM (SELECT campaign_id, status, -count(*) AS d FROM old_rows WHERE NOT test GROUP BY 1, 2) AS change
-        GROUP BY campaign_id
-    ) AS delta (campaign_id, slot, pending, sending, sent, delivered, undelivered, failed, cancelled)
-    WHERE pending <> 0 OR sending <> 0 OR sent <> 0 OR delivered <> 0 OR undelivered <> 0 OR failed <> 0 OR cancelled <> 0
-    ORDER BY campaign_id
-    ON CONFLICT (campaign_id, slot) DO UPDATE SET
-        pending     = s.pending     + excluded.pending,
-        sending     = s.sending     + excluded.sending,
-        sent        = s.sent        + excluded.sent,
-        delivered   = s.delivered   + excluded.delivered,
-        undelivered = s.undelivered + excluded.undelivered,
-        failed      = s.failed      + excluded.failed,
-        cancelled   = s.cancelled   + excluded.cancelled;
+    PERFORM campaign_stats_apply(array_agg(campaign_id), array_agg(status), array_agg(d))
+    FROM (SELECT campaign_id, status, -count(*) AS d FROM old_rows WHERE NOT test GROUP BY 1, 2) AS change;
     RETURN NULL;
 END $$;
 -- +goose StatementEnd
@@ -164,4 +127,5 @@ DROP TRIGGER outbound_messages_stats_insert ON outbound_messages;
 DROP FUNCTION campaign_stats_on_delete();
 DROP FUNCTION campaign_stats_on_update();
 DROP FUNCTION campaign_stats_on_insert();
+DROP FUNCTION campaign_stats_apply(bigint[], text[], bigint[]);
 DROP TABLE campaign_stats;
