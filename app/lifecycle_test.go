@@ -221,7 +221,9 @@ func TestLifecycleCancelBeforeSending(t *testing.T) {
 	ids := importCustomers(t, ta, db, "Nairobi", "Nairobi")
 
 	draft, _ := mustCreateCampaign(t, ta, nil)
-	at := time.Now().Add(time.Second)
+	// Far enough ahead that the cancel below comes first even on a loaded
+	// CI machine (at 1 s, the scheduler once dispatched it before the cancel).
+	at := time.Now().Add(4 * time.Second)
 	scheduled, _ := mustCreateCampaign(t, ta, map[string]any{"scheduled_at": scheduleAt(at), "audience": map[string]any{"all": true}})
 	// Due after the cancelled one: once it is dispatched, the scheduler has
 	// passed the cancelled one's time.
