@@ -101,23 +101,12 @@ RETURNING id`, campaignID, pq.Array(ids)); err != nil {
 			var cpu, floorCPU cpuUsage
 			load := loadAvg()
 			for i := range b.N {
-				b.StopTimer()
-				id := ba.newCampaign(b)
-				before := ba.cpu(b)
-				b.StartTimer()
-				start := time.Now()
-				ba.send(b, id, body)
-				d := time.Since(start)
-				b.StopTimer()
-				c := ba.cpu(b).sub(before)
-				cpu.goProc += c.goProc
-				cpu.postgres += c.postgres
+				d, c := ba.timedSend(b, body)
+				cpu = cpu.add(c)
 				floorID := ba.newCampaign(b)
-				before = ba.cpu(b)
+				before := ba.cpu(b)
 				f := floor(b, floorID, all[:n])
-				c = ba.cpu(b).sub(before)
-				floorCPU.goProc += c.goProc
-				floorCPU.postgres += c.postgres
+				floorCPU = floorCPU.add(ba.cpu(b).sub(before))
 				b.StartTimer()
 				send += d
 				flr += f
