@@ -1,0 +1,245 @@
+package messaging
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
+
+	"github.com/campaignd/dispatch/platform/postgres/pgtest"
+)
+
+func TestParseRetention(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+		bad  bool
+	}{
+		{in: "", want: 0},
+		{in: "0", want: 0},
+		{in: "90d", want: 90 * 24 * time.Hour},
+		{in: " 7d ", want: 7 * 24 * time.Hour},
+		{in: "36h", want: 36 * time.Hour},
+		{in: "d", bad: true},
+		{in: "-1d", bad: true},
+		{in: "1.5d", bad: true},
+		{in: "90 days", bad: true},
+		{in: "-5h", bad: true},
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			got, err := ParseRetention(tc.in)
+			if (err != nil) != tc.bad || got != tc.want {
+				t.Fatalf("ParseRetention(%q) = %v, %v; want %v, error %v", tc.in, got, err, tc.want, tc.bad)
+			}
+		})
+	}
+}
+
+// retentionEnv is a schema with campaigns 1-40 in three partitions made
+// by the keeper as they were created: A = [1, 17) (the first, 16 wide),
+// B = [17, 33) (16 campaigns created in the last 30 days when it was made,
+// once campaign ids were half way through A) and C = [33, 65); each
+// campaign has two messages, each message an attempt.
+type retentionEnv struct {
+	db *sqlx.DB
+}
+
+func newRetentionEnv(t *testing.T) *retentionEnv {
+	t.Helper()
+	db := pgtest.New(t)
+	e := &retentionEnv{db: db.DB}
+	keeper := NewRetention(e.db, 0, quietLog())
+	e.exec(t, `INSERT INTO customers (phone) VALUES ('+14155550101'), ('+14155550102')`)
+	for _, upTo := range []int{16, 32, 40} {
+		if _, err := keeper.Step(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		e.exec(t, `INSERT INTO campaigns (name, channel, status, base_template, finished_at)
+SELECT 'c', 'sms', 'sent', 'Hi', now() - interval '100 days'
+FROM generate_series(coalesce((SELECT max(id) FROM campaigns), 0) + 1, $1)`, upTo)
+	}
+	e.exec(t, `INSERT INTO outbound_messages (campaign_id, customer_id, status)
+SELECT k.id, u.id, 'sent' FROM campaigns k, customers u`)
+	e.exec(t, `INSERT INTO message_attempts (campaign_id, message_id, attempt, started_at, duration_ms, outcome)
+SELECT campaign_id, id, 1, now(), 5, 'sent' FROM outbound_messages`)
+	if got, want := e.partitions(t), []Partition{{1, 17}, {17, 33}, {33, 65}}; !cmp.Equal(got, want) {
+		t.Fatalf("partitions made by the keeper: %v, want %v", got, want)
+	}
+	if n := e.inDefault(t); n != 0 {
+		t.Fatalf("%d messages in the DEFAULT partition, want none", n)
+	}
+	return e
+}
+
+func (e *retentionEnv) inDefault(t *testing.T) int {
+	t.Helper()
+	var n int
+	if err := e.db.Get(&n, `SELECT count(*) FROM outbound_messages_default`); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func (e *retentionEnv) exec(t *testing.T, q string, args ...any) {
+	t.Helper()
+	if _, err := e.db.Exec(q, args...); err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+}
+
+func (e *retentionEnv) partitions(t *testing.T) []Partition {
+	t.Helper()
+	var ps []Partition
+	if err := e.db.Select(&ps, `SELECT campaign_lo, campaign_hi FROM message_partitions ORDER BY campaign_lo`); err != nil {
+		t.Fatal(err)
+	}
+	return ps
+}
+
+// counts returns, per campaign id range [lo, hi), the messages and
+// attempts left.
+func (e *retentionEnv) counts(t *testing.T, lo, hi int64) (messages, attempts int) {
+	t.Helper()
+	if err := e.db.QueryRow(`SELECT (SELECT count(*) FROM outbound_messages WHERE campaign_id >= $1 AND campaign_id < $2),
+       (SELECT count(*) FROM message_attempts WHERE campaign_id >= $1 AND campaign_id < $2)`, lo, hi).Scan(&messages, &attempts); err != nil {
+		t.Fatal(err)
+	}
+	return messages, attempts
+}
+
+func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func TestRetentionDropsOnlyOldFinishedPartitions(t *testing.T) {
+	t.Parallel()
+	e := newRetentionEnv(t)
+	ctx := context.Background()
+	r := NewRetention(e.db, 30*24*time.Hour, quietLog())
+
+	// B holds a paused campaign: only A goes. C is the newest partition
+	// (later campaigns may still fall in it): it stays although every
+	// campaign in it finished long ago.
+	e.exec(t, `UPDATE campaigns SET status = 'paused', finished_at = NULL WHERE id = 20`)
+	dropped, err := r.Step(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []Partition{{1, 17}}; !cmp.Equal(dropped, want) {
+		t.Fatalf("dropped %v, want %v", dropped, want)
+	}
+	if m, a := e.counts(t, 1, 17); m != 0 || a != 0 {
+		t.Fatalf("campaigns 1-16 kept %d messages and %d attempts, want none", m, a)
+	}
+	if m, a := e.counts(t, 17, 41); m != 48 || a != 48 {
+		t.Fatalf("campaigns 17-40 have %d messages and %d attempts, want 48 and 48", m, a)
+	}
+	var tables int
+	if err := e.db.Get(&tables, `SELECT count(*) FROM pg_class
+WHERE relname IN ('outbound_messages_c1', 'message_attempts_c1') AND relnamespace = current_schema()::regnamespace`); err != nil {
+		t.Fatal(err)
+	}
+	if tables != 0 {
+		t.Fatalf("%d of the dropped partition's tables remain", tables)
+	}
+	// The campaigns keep their stats: the counters are not the messages.
+	var sent int
+	if err := e.db.Get(&sent, `SELECT coalesce(sum(sent), 0) FROM campaign_stats WHERE campaign_id BETWEEN 1 AND 16`); err != nil {
+		t.Fatal(err)
+	}
+	if sent != 32 {
+		t.Errorf("campaigns 1-16 count %d sent messages after their partition went, want 32 (2 each)", sent)
+	}
+
+	// Finished, but within the retention: B stays.
+	e.exec(t, `UPDATE campaigns SET status = 'cancelled', finished_at = now() - interval '10 days' WHERE id = 20`)
+	if dropped, err := r.Step(ctx); err != nil || len(dropped) != 0 {
+		t.Fatalf("Step = %v, %v; want nothing dropped", dropped, err)
+	}
+	// A campaign with no finished_at counts from its last update.
+	e.exec(t, `UPDATE campaigns SET finished_at = NULL, updated_at = now() - interval '40 days' WHERE id = 20`)
+	dropped, err = r.Step(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []Partition{{17, 33}}; !cmp.Equal(dropped, want) {
+		t.Fatalf("dropped %v, want %v", dropped, want)
+	}
+	if got, want := e.partitions(t), []Partition{{33, 65}}; !cmp.Equal(got, want) {
+		t.Fatalf("partitions left %v, want %v", got, want)
+	}
+	if m, a := e.counts(t, 33, 41); m != 16 || a != 16 {
+		t.Fatalf("campaigns 33-40 have %d messages and %d attempts, want 16 and 16", m, a)
+	}
+
+	// The campaigns themselves stay; a message for one whose partition
+	// went (a test send) lands in the DEFAULT partition.
+	var n int
+	if err := e.db.Get(&n, `SELECT count(*) FROM campaigns`); err != nil || n != 40 {
+		t.Fatalf("campaigns left: %d, %v; want 40", n, err)
+	}
+	e.exec(t, `INSERT INTO outbound_messages (campaign_id, test, phone) VALUES (3, true, '+14155550199')`)
+	if n := e.inDefault(t); n != 1 {
+		t.Fatalf("%d messages in the DEFAULT partition, want the test message", n)
+	}
+}
+
+func TestRetentionZeroKeepsEverythingAndMakesTheNextPartition(t *testing.T) {
+	t.Parallel()
+	e := newRetentionEnv(t)
+	ctx := context.Background()
+	// Campaign 89 is created and sent to before the keeper runs: no range
+	// covers it, so its message goes to the DEFAULT partition, and the
+	// next range starts above it.
+	e.exec(t, `SELECT setval('campaigns_id_seq', 88)`)
+	e.exec(t, `INSERT INTO campaigns (name, channel, status, base_template) VALUES ('c', 'sms', 'sending', 'Hi')`)
+	e.exec(t, `INSERT INTO outbound_messages (campaign_id, customer_id) VALUES (89, 1)`)
+	dropped, err := NewRetention(e.db, 0, quietLog()).Step(ctx)
+	if err != nil || len(dropped) != 0 {
+		t.Fatalf("Step = %v, %v; want nothing dropped", dropped, err)
+	}
+	if got, want := e.partitions(t), []Partition{{1, 17}, {17, 33}, {33, 65}, {90, 131}}; !cmp.Equal(got, want) {
+		t.Fatalf("partitions %v, want %v (41 campaigns in the last 30 days)", got, want)
+	}
+	e.exec(t, `INSERT INTO campaigns (name, channel, status, base_template) VALUES ('c', 'sms', 'sending', 'Hi')`)
+	e.exec(t, `INSERT INTO outbound_messages (campaign_id, customer_id) VALUES (90, 1)`)
+	var where string
+	if err := e.db.Get(&where, `SELECT tableoid::regclass::text FROM outbound_messages WHERE campaign_id = 90`); err != nil {
+		t.Fatal(err)
+	}
+	if where != "outbound_messages_c90" {
+		t.Fatalf("campaign 90's message is in %s, want outbound_messages_c90", where)
+	}
+	// The DEFAULT partition keeps the guarantee too.
+	_, err = e.db.Exec(`INSERT INTO outbound_messages (campaign_id, customer_id) VALUES (89, 1)`)
+	if pe, ok := errors.AsType[*pq.Error](err); !ok || pe.Code != "23505" {
+		t.Fatalf("second message for (campaign 89, customer 1): %v, want unique_violation", err)
+	}
+	if m, a := e.counts(t, 1, 41); m != 80 || a != 80 {
+		t.Fatalf("%d messages and %d attempts, want 80 and 80", m, a)
+	}
+}
+
+func TestPartitionedMessagesKeepOneMessagePerCustomer(t *testing.T) {
+	t.Parallel()
+	e := newRetentionEnv(t)
+	// Campaign 40, customer 1 has a message already (in partition C).
+	_, err := e.db.Exec(`INSERT INTO outbound_messages (campaign_id, customer_id) VALUES (40, 1)`)
+	if pe, ok := errors.AsType[*pq.Error](err); !ok || pe.Code != "23505" {
+		t.Fatalf("second message for (campaign 40, customer 1): %v, want unique_violation", err)
+	}
+	res, err := e.db.Exec(`INSERT INTO outbound_messages (campaign_id, customer_id) VALUES (40, 1), (40, 2)
+ON CONFLICT (campaign_id, customer_id) WHERE NOT test DO NOTHING`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := res.RowsAffected(); n != 0 {
+		t.Fatalf("ON CONFLICT DO NOTHING inserted %d rows, want 0", n)
+	}
+	// Test sends may repeat a customer.
+	e.exec(t, `INSERT INTO outbound_messages (campaign_id, customer_id, test) VALUES (40, 1, true), (40, 1, true)`)
+}
