@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"fmt"
 	"math"
 	mrand "math/rand/v2"
 	"net/url"
@@ -185,13 +184,7 @@ func fillPartitionBench(b *testing.B, db *sqlx.DB, partitions, campaigns, n int)
 	width := (campaigns + partitions - 1) / max(partitions, 1)
 	for i := range partitions {
 		lo, hi := 1+i*width, 1+(i+1)*width
-		for _, table := range []string{"outbound_messages", "message_attempts"} {
-			if _, err := db.Exec(fmt.Sprintf(`CREATE TABLE %s_c%d PARTITION OF %s FOR VALUES FROM (%d) TO (%d)`,
-				table, lo, table, lo, hi)); err != nil {
-				b.Fatal(err)
-			}
-		}
-		if _, err := db.Exec(`INSERT INTO message_partitions (campaign_lo, campaign_hi) VALUES ($1, $2)`, lo, hi); err != nil {
+		if _, err := db.Exec(`SELECT message_partition_make($1, $2)`, lo, hi); err != nil {
 			b.Fatal(err)
 		}
 	}

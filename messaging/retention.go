@@ -106,16 +106,10 @@ func (r *Retention) extend(ctx context.Context) (*Partition, error) {
 		if err != nil {
 			return postgres.Classify(err, "plan the next message partition")
 		}
-		suffix := "_c" + strconv.FormatInt(p.CampaignLo, 10)
-		for _, table := range []string{"outbound_messages", "message_attempts"} {
-			if _, err := tx.ExecContext(ctx, fmt.Sprintf(`CREATE TABLE %s%s PARTITION OF %s FOR VALUES FROM (%d) TO (%d)`,
-				table, suffix, table, p.CampaignLo, p.CampaignHi)); err != nil {
-				return postgres.Classify(err, "make message partition "+suffix)
-			}
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO message_partitions (campaign_lo, campaign_hi) VALUES ($1, $2)`,
-			p.CampaignLo, p.CampaignHi); err != nil {
-			return postgres.Classify(err, "record message partition "+suffix)
+		// message_partition_make (migration 00013) makes both tables'
+		// partitions, the messages' unique index on id, and lists the range.
+		if _, err := tx.ExecContext(ctx, `SELECT message_partition_make($1, $2)`, p.CampaignLo, p.CampaignHi); err != nil {
+			return postgres.Classify(err, "make message partition "+strconv.FormatInt(p.CampaignLo, 10))
 		}
 		made = &p
 		return nil
