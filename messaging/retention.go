@@ -204,9 +204,9 @@ func (r *Retention) dropOne(ctx context.Context) (*Partition, error) {
 		if err != nil {
 			return postgres.Classify(err, "find expired message partitions")
 		}
-		// The attempts go first: they reference the messages, and a
-		// referenced partition can only be detached once nothing points
-		// into it.
+		// The attempts go first: their partition's foreign key references
+		// the messages' partition, which can be neither detached nor
+		// dropped while it does.
 		suffix := "_c" + strconv.FormatInt(p.CampaignLo, 10)
 		for _, stmt := range []string{
 			`DROP TABLE message_attempts` + suffix,

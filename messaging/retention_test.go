@@ -273,6 +273,38 @@ func TestEveryMessagePartitionHasAUniqueIDIndex(t *testing.T) {
 	}
 }
 
+// The attempts' foreign key is declared from each attempts partition to
+// its messages partition (migration 00013: checked as on a plain table); it
+// must still refuse an attempt without its message and go with a deleted
+// message, in a range and in DEFAULT.
+func TestAttemptsNeedTheirMessageInEveryPartition(t *testing.T) {
+	t.Parallel()
+	e := newRetentionEnv(t)
+	e.exec(t, `INSERT INTO campaigns (id, name, channel, status, base_template) VALUES (200, 'c', 'sms', 'sending', 'Hi')`)
+	e.exec(t, `INSERT INTO outbound_messages (campaign_id, customer_id) VALUES (200, 1)`)
+	if n := e.inDefault(t); n != 1 {
+		t.Fatalf("%d messages in the DEFAULT partition, want campaign 200's", n)
+	}
+	for _, campaign := range []int64{3, 200} {
+		_, err := e.db.Exec(`INSERT INTO message_attempts (campaign_id, message_id, attempt, started_at, duration_ms, outcome)
+VALUES ($1, 999999, 1, now(), 5, 'sent')`, campaign)
+		if pe, ok := errors.AsType[*pq.Error](err); !ok || pe.Code != "23503" {
+			t.Fatalf("campaign %d: attempt of a message that does not exist: %v, want foreign_key_violation", campaign, err)
+		}
+		var id int64
+		if err := e.db.Get(&id, `SELECT min(id) FROM outbound_messages WHERE campaign_id = $1`, campaign); err != nil {
+			t.Fatal(err)
+		}
+		e.exec(t, `INSERT INTO message_attempts (campaign_id, message_id, attempt, started_at, duration_ms, outcome)
+VALUES ($1, $2, 2, now(), 5, 'sent')`, campaign, id)
+		e.exec(t, `DELETE FROM outbound_messages WHERE id = $1`, id)
+		var left int
+		if err := e.db.Get(&left, `SELECT count(*) FROM message_attempts WHERE message_id = $1`, id); err != nil || left != 0 {
+			t.Fatalf("campaign %d: %d attempts left of deleted message %d (%v), want none", campaign, left, id, err)
+		}
+	}
+}
+
 // TestMessageLookupsByIDUseTheIDIndexWithoutStatistics guards what made
 // the partitioned table 5 to 7 times slower than the plain one at 1,000
 // workers: on a partition without column statistics (a new one, until
