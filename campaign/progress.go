@@ -2,7 +2,6 @@ package campaign
 
 import (
 	"context"
-	"fmt"
 	"math"
 	"time"
 
@@ -19,29 +18,36 @@ func (s *Stats) sum() {
 	s.Total = s.Pending + s.Sending + s.Sent + s.Delivered + s.Undelivered + s.Failed + s.Cancelled
 }
 
-// statsOfSQL reads the counters of each campaign in $1: campaign_stats,
-// at most 8 rows per campaign, kept by triggers on outbound_messages in the
-// same transactions that change messages (migration 00012), so a read costs
-// the same at 10 messages and at 10 million. Messaging owns the messages;
-// campaign only reads their counts. Test sends are not counted.
+// statsSQL reads the counters of each campaign in the bigint[] expression
+// ids: campaign_stats, at most 8 rows per campaign, kept by triggers on
+// outbound_messages in the same transactions that change messages
+// (migration 00012), so a read costs the same at 10 messages and at 10
+// million. Messaging owns the messages; campaign only reads their counts.
+// Test sends are not counted.
 //
 // The second part adds the recipients of an audience send that was
 // cancelled before their messages were created (messaging's
 // dispatch_batches, indexed by campaign): the send counted them, so the
 // stats count them, cancelled.
-const statsOfSQL = `
-SELECT campaign_id, sum(pending)::bigint, sum(sending)::bigint, sum(sent)::bigint,
-       sum(delivered)::bigint, sum(undelivered)::bigint, sum(failed)::bigint, sum(cancelled)::bigint
+func statsSQL(ids string) string {
+	return `
+SELECT campaign_id, sum(pending)::bigint AS pending, sum(sending)::bigint AS sending, sum(sent)::bigint AS sent,
+       sum(delivered)::bigint AS delivered, sum(undelivered)::bigint AS undelivered, sum(failed)::bigint AS failed,
+       sum(cancelled)::bigint AS cancelled
 FROM (
     SELECT campaign_id, pending, sending, sent, delivered, undelivered, failed, cancelled
     FROM campaign_stats
-    WHERE campaign_id = ANY($1::bigint[])
+    WHERE campaign_id = ANY(` + ids + `)
     UNION ALL
     SELECT campaign_id, 0, 0, 0, 0, 0, 0, cancelled_unmaterialised
     FROM dispatch_batches
-    WHERE campaign_id = ANY($1::bigint[]) AND cancelled_unmaterialised > 0
+    WHERE campaign_id = ANY(` + ids + `) AND cancelled_unmaterialised > 0
 ) AS counts
 GROUP BY campaign_id`
+}
+
+// statsOfSQL reads the stats of the campaigns in $1.
+var statsOfSQL = statsSQL("$1::bigint[]")
 
 // statsOf reads the stats of each campaign in ids. A campaign without
 // messages is absent from the map (its zero Stats is right).
@@ -93,34 +99,19 @@ const (
 	rateSample = 2000
 )
 
+// rateSQL is the campaign's ($1) finish counts per second over the last
+// $2 (an interval), newest first.
 const rateSQL = `
-SELECT at, sum(n)::bigint AS n, now() AS now
+SELECT at, sum(n)::bigint AS n
 FROM campaign_finishes
 WHERE campaign_id = $1 AND at > now() - $2::interval
 GROUP BY at
-HAVING sum(n) > 0
-ORDER BY at DESC`
+HAVING sum(n) > 0`
 
 // finishes is what finished in one second of finishing time.
 type finishes struct {
-	At  time.Time `db:"at"`
-	N   int64     `db:"n"`
-	Now time.Time `db:"now"`
-}
-
-// Rate returns the campaign's messages finished per second lately (see
-// rateSQL), rounded to two decimals; startedAt, when known and recent,
-// shortens the window to the time the campaign has been sending.
-func (r *Repo) Rate(ctx context.Context, id int64, startedAt *time.Time) (float64, error) {
-	var seconds []finishes
-	err := r.db.SelectContext(ctx, &seconds, rateSQL, id, fmt.Sprintf("%d seconds", int(rateWindow.Seconds())))
-	if err != nil {
-		return 0, postgres.Classify(err, fmt.Sprintf("rate of campaign %d", id))
-	}
-	if len(seconds) == 0 {
-		return 0, nil
-	}
-	return rate(seconds, seconds[0].Now, startedAt), nil
+	At time.Time
+	N  int64
 }
 
 // rate turns rateSQL's answer, newest second first, into messages per
