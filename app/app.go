@@ -38,7 +38,8 @@ import (
 
 // App is one running replica: the HTTP API (unless disabled), the worker
 // pool (unless its concurrency is 0) and the background loops, sharing one
-// PostgreSQL pool and one Redis client (the probes have their own).
+// PostgreSQL pool and one Redis client (the probes, and the API for its
+// rate limit and sessions, have their own Redis connections).
 type App struct {
 	cfg      Config
 	log      *slog.Logger
@@ -53,6 +54,13 @@ type App struct {
 	probeDB    *sqlx.DB
 	probeRdb   redis.UniversalClient
 	probeQueue *queue.Queue // the queue's depths for /health, read through probeRdb
+
+	// apiRdb serves the API's own Redis calls (the rate limit every request
+	// draws on, dashboard sessions) from connections of its own: at 1,000
+	// delivery goroutines the pool's gate, fetches and settlements hold
+	// rdb's connections, and reads waited longer for one than for their
+	// whole query (BenchmarkReadsUnderLoad's block profile).
+	apiRdb redis.UniversalClient
 
 	migrator *goose.Provider // readiness: are all migrations applied?
 	authn    *auth.Authenticator
@@ -144,6 +152,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error) 
 	}
 	if err := a.openProbeClients(ctx); err != nil {
 		return nil, err
+	}
+	if a.apiRdb, err = openRedis(ctx, cfg, log, redisx.Options{}); err != nil {
+		return nil, fmt.Errorf("api: %w", err)
 	}
 	a.checkConnectionBudget(ctx)
 
@@ -368,6 +379,11 @@ func (a *App) Run(ctx context.Context) error {
 func (a *App) Close() {
 	if a.listener != nil {
 		a.listener.Close() // already closed if Run served on it: the error says so
+	}
+	if a.apiRdb != nil {
+		if err := a.apiRdb.Close(); err != nil {
+			a.log.Warn("close the api's redis client", "err", err)
+		}
 	}
 	if a.probeRdb != nil {
 		if err := a.probeRdb.Close(); err != nil {

@@ -23,7 +23,7 @@ func (a *App) mountDashboard(e *echo.Echo) error {
 			k, err := a.authn.Authenticate(ctx, key)
 			return string(k.Scope), err
 		},
-		Redis:      a.rdb,
+		Redis:      a.apiRdb,
 		KeyPrefix:  a.cfg.Redis.KeyPrefix,
 		SessionTTL: a.cfg.Dashboard.SessionTTL,
 		TrustedProxy: func(ip string) bool {

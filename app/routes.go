@@ -75,7 +75,7 @@ func (a *App) routes() (*echo.Echo, error) {
 			Public:   func(c echo.Context) bool { return publicRoutes[c.Path()] || dashboard.IsRoute(c.Path()) },
 			Disabled: a.cfg.Auth.Disabled,
 		}),
-		ratelimit.Middleware(a.rdb, ratelimit.Options{
+		ratelimit.Middleware(a.apiRdb, ratelimit.Options{
 			Rate:   a.cfg.API.RateLimit,
 			Burst:  a.cfg.API.RateBurst,
 			Prefix: a.cfg.Redis.KeyPrefix,

@@ -99,8 +99,8 @@ type Summary struct {
 	Status      Status          `json:"status" db:"status"`
 	ScheduledAt *time.Time      `json:"scheduled_at" db:"scheduled_at"`
 	CreatedAt   time.Time       `json:"created_at" db:"created_at"`
-	// Stats are the campaign's message counts, as in its detail; one
-	// grouped query reads them for the whole page (Repo.List).
+	// Stats are the campaign's message counts, as in its detail; the
+	// list's one statement reads them for the whole page (Repo.List).
 	Stats Stats `json:"stats" db:"-"`
 }
 

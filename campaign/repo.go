@@ -8,7 +8,9 @@ import (
 	"time"
 
 	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
 
+	"github.com/campaignd/dispatch/platform/channel"
 	"github.com/campaignd/dispatch/platform/postgres"
 )
 
@@ -61,26 +63,100 @@ func (r *Repo) Get(ctx context.Context, id int64) (Campaign, error) {
 	return c.utc(), nil
 }
 
+// detailSQL reads campaign $1, its stats and its finish counts per second
+// over the last $2 (an interval) in one statement: a detail read is one
+// round trip, and every part of it costs the same whatever the campaign's
+// size. No row: no such campaign.
+var detailSQL = `
+WITH stats AS (` + statsSQL("ARRAY[$1::bigint]") + `
+), finished AS (
+    SELECT coalesce(array_agg(extract(epoch FROM at)::bigint ORDER BY at DESC), '{}') AS ats,
+           coalesce(array_agg(n ORDER BY at DESC), '{}') AS ns
+    FROM (` + rateSQL + `) AS r
+)
+SELECT ` + campaignColumns + `,
+       coalesce(s.pending, 0) AS st_pending, coalesce(s.sending, 0) AS st_sending, coalesce(s.sent, 0) AS st_sent,
+       coalesce(s.delivered, 0) AS st_delivered, coalesce(s.undelivered, 0) AS st_undelivered,
+       coalesce(s.failed, 0) AS st_failed, coalesce(s.cancelled, 0) AS st_cancelled,
+       f.ats AS finished_ats, f.ns AS finished_ns, now() AS now
+FROM campaigns c
+CROSS JOIN finished f
+LEFT JOIN stats s ON true
+WHERE c.id = $1`
+
+// detailRow is a row of detailSQL.
+type detailRow struct {
+	Campaign
+	Pending     int64         `db:"st_pending"`
+	Sending     int64         `db:"st_sending"`
+	Sent        int64         `db:"st_sent"`
+	Delivered   int64         `db:"st_delivered"`
+	Undelivered int64         `db:"st_undelivered"`
+	Failed      int64         `db:"st_failed"`
+	Cancelled   int64         `db:"st_cancelled"`
+	FinishedAts pq.Int64Array `db:"finished_ats"` // unix seconds, newest first
+	FinishedNs  pq.Int64Array `db:"finished_ns"`
+	Now         time.Time     `db:"now"`
+}
+
+// Detail returns campaign id, its stats, its finish counts per second over
+// the last rateWindow (newest first) and the database's now, or
+// ErrNotFound.
+func (r *Repo) Detail(ctx context.Context, id int64) (Campaign, Stats, []finishes, time.Time, error) {
+	var row detailRow
+	err := r.db.GetContext(ctx, &row, detailSQL, id, fmt.Sprintf("%d seconds", int(rateWindow.Seconds())))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Campaign{}, Stats{}, nil, time.Time{}, ErrNotFound.Withf("campaign %d not found", id)
+	}
+	if err != nil {
+		return Campaign{}, Stats{}, nil, time.Time{}, postgres.Classify(err, fmt.Sprintf("get campaign %d", id))
+	}
+	st := Stats{Pending: row.Pending, Sending: row.Sending, Sent: row.Sent, Delivered: row.Delivered,
+		Undelivered: row.Undelivered, Failed: row.Failed, Cancelled: row.Cancelled}
+	st.sum()
+	seconds := make([]finishes, len(row.FinishedAts))
+	for i, at := range row.FinishedAts {
+		seconds[i] = finishes{At: time.Unix(at, 0), N: row.FinishedNs[i]}
+	}
+	return row.Campaign.utc(), st, seconds, row.Now, nil
+}
+
 // An empty filter value (the empty string, or 0 for the cursor) disables its
 // condition, so one statement serves every combination. lib/pq sends unnamed
 // statements, which PostgreSQL plans with the actual values, so the disabled
 // conditions fold away and the (channel, id) and (status, id) indexes apply.
-const (
-	countSQL = `
-SELECT count(*)
-FROM campaigns
-WHERE ($1::text = '' OR channel = $1::text)
-  AND ($2::text = '' OR status = $2::text)`
-
-	listSQL = `
-SELECT id, name, channel, status, scheduled_at, created_at
-FROM campaigns
-WHERE ($1::text = '' OR channel = $1::text)
-  AND ($2::text = '' OR status = $2::text)
-  AND ($3::bigint = 0 OR id < $3::bigint)
-ORDER BY id DESC
-LIMIT $4 OFFSET $5`
+// listSQL reads one page of campaigns, newest first, with their stats and
+// the number of campaigns matching the filter, in one statement (one
+// snapshot, one round trip). The total comes on every row, and on a row of
+// its own with a NULL id when the page is empty. An empty filter value
+// (the empty string, or 0 for the cursor) disables its condition, so one
+// statement serves every combination: lib/pq sends unnamed statements,
+// which PostgreSQL plans with the actual values, so the disabled
+// conditions fold away and the (channel, id) and (status, id) indexes
+// apply.
+var listSQL = `
+WITH matching AS (
+    SELECT id, name, channel, status, scheduled_at, created_at
+    FROM campaigns
+    WHERE ($1::text = '' OR channel = $1::text)
+      AND ($2::text = '' OR status = $2::text)
+), page AS (
+    SELECT * FROM matching
+    WHERE ($3::bigint = 0 OR id < $3::bigint)
+    ORDER BY id DESC
+    LIMIT $4 OFFSET $5
+), total AS (
+    SELECT count(*) AS total FROM matching
+), stats AS (` + statsSQL("ARRAY(SELECT id FROM page)") + `
 )
+SELECT t.total, p.id, p.name, p.channel, p.status, p.scheduled_at, p.created_at,
+       coalesce(s.pending, 0) AS pending, coalesce(s.sending, 0) AS sending, coalesce(s.sent, 0) AS sent,
+       coalesce(s.delivered, 0) AS delivered, coalesce(s.undelivered, 0) AS undelivered,
+       coalesce(s.failed, 0) AS failed, coalesce(s.cancelled, 0) AS cancelled
+FROM total t
+LEFT JOIN page p ON true
+LEFT JOIN stats s ON s.campaign_id = p.id
+ORDER BY p.id DESC`
 
 // ListQuery is one page of a list: at most Limit rows after skipping Offset,
 // or, when AfterID is non-zero, the rows with an id below it (a keyset
@@ -92,36 +168,48 @@ type ListQuery struct {
 	Limit   int
 }
 
-// List returns the total number of campaigns matching q.Filter and up to
-// q.Limit of them, newest (highest id) first. Both come from one snapshot, so
-// total agrees with the rows even while campaigns are being created.
-func (r *Repo) List(ctx context.Context, q ListQuery) (items []Summary, total int64, err error) {
-	tx, err := r.db.BeginTxx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true})
-	if err != nil {
-		return nil, 0, postgres.Classify(err, "list campaigns: begin")
-	}
-	defer tx.Rollback() // read-only: rolling back after the reads is as good as a commit
+// listRow is a row of listSQL; ID is NULL on the row of an empty page.
+type listRow struct {
+	Total       int64          `db:"total"`
+	ID          sql.NullInt64  `db:"id"`
+	Name        sql.NullString `db:"name"`
+	Channel     sql.NullString `db:"channel"`
+	Status      sql.NullString `db:"status"`
+	ScheduledAt *time.Time     `db:"scheduled_at"`
+	CreatedAt   sql.NullTime   `db:"created_at"`
+	Pending     int64          `db:"pending"`
+	Sending     int64          `db:"sending"`
+	Sent        int64          `db:"sent"`
+	Delivered   int64          `db:"delivered"`
+	Undelivered int64          `db:"undelivered"`
+	Failed      int64          `db:"failed"`
+	Cancelled   int64          `db:"cancelled"`
+}
 
-	ch, st := string(q.Filter.Channel), string(q.Filter.Status)
-	if err := tx.GetContext(ctx, &total, countSQL, ch, st); err != nil {
-		return nil, 0, postgres.Classify(err, "count campaigns")
-	}
-	items = make([]Summary, 0, q.Limit)
-	if err := tx.SelectContext(ctx, &items, listSQL, ch, st, q.AfterID, q.Limit, q.Offset); err != nil {
+// List returns the total number of campaigns matching q.Filter and up to
+// q.Limit of them, newest (highest id) first, with their stats. All come
+// from one snapshot, so total agrees with the rows even while campaigns
+// are being created.
+func (r *Repo) List(ctx context.Context, q ListQuery) (items []Summary, total int64, err error) {
+	var rows []listRow
+	if err := r.db.SelectContext(ctx, &rows, listSQL,
+		string(q.Filter.Channel), string(q.Filter.Status), q.AfterID, q.Limit, q.Offset); err != nil {
 		return nil, 0, postgres.Classify(err, "list campaigns")
 	}
-	ids := make([]int64, len(items))
-	for i := range items {
-		items[i] = items[i].utc()
-		ids[i] = items[i].ID
-	}
-	// The page's stats in one grouped query, in the same snapshot.
-	stats, err := statsOf(ctx, tx, ids)
-	if err != nil {
-		return nil, 0, err
-	}
-	for i := range items {
-		items[i].Stats = stats[items[i].ID]
+	items = make([]Summary, 0, q.Limit)
+	for _, row := range rows {
+		total = row.Total
+		if !row.ID.Valid {
+			continue
+		}
+		st := Stats{Pending: row.Pending, Sending: row.Sending, Sent: row.Sent, Delivered: row.Delivered,
+			Undelivered: row.Undelivered, Failed: row.Failed, Cancelled: row.Cancelled}
+		st.sum()
+		items = append(items, Summary{
+			ID: row.ID.Int64, Name: row.Name.String, Channel: channel.Channel(row.Channel.String),
+			Status: Status(row.Status.String), ScheduledAt: row.ScheduledAt, CreatedAt: row.CreatedAt.Time,
+			Stats: st,
+		}.utc())
 	}
 	return items, total, nil
 }

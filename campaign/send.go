@@ -350,10 +350,11 @@ func (r *Repo) ExpireIdempotencyKeys(ctx context.Context) (int64, error) {
 }
 
 // RunFinisher completes finished campaigns every interval until ctx ends,
-// and drops expired idempotency keys once an hour, backing off while
+// drops the rates' old per-second counts twice a minute and expired
+// idempotency keys once an hour, backing off while
 // PostgreSQL is down (loop.Every). It returns when ctx ends.
 func (s *Service) RunFinisher(ctx context.Context, interval time.Duration) {
-	lastExpire := time.Time{}
+	lastExpire, lastFinishes := time.Time{}, time.Time{}
 	loop.Every(ctx, interval, "finisher", s.log, func(ctx context.Context) error {
 		done, err := s.repo.Finish(ctx)
 		for _, f := range done {
@@ -361,6 +362,14 @@ func (s *Service) RunFinisher(ctx context.Context, interval time.Duration) {
 		}
 		if err != nil {
 			return fmt.Errorf("finish campaigns: %w", err)
+		}
+		// The rates' per-second counts live two minutes; deleting them
+		// twice a minute keeps the table at a few minutes of seconds.
+		if time.Since(lastFinishes) > 30*time.Second {
+			lastFinishes = time.Now()
+			if _, err := s.repo.ExpireFinishes(ctx); err != nil {
+				return fmt.Errorf("expire rate counts: %w", err)
+			}
 		}
 		if time.Since(lastExpire) > time.Hour {
 			lastExpire = time.Now() // a failure waits for the next hour too

@@ -66,23 +66,15 @@ func (s *Service) checkAudience(ctx context.Context, a *Audience) error {
 // Get returns campaign id with its message counts, when its send window
 // opens next (while closed) and its progress (rate and ETA), or ErrNotFound.
 func (s *Service) Get(ctx context.Context, id int64) (Detail, error) {
-	c, err := s.repo.Get(ctx, id)
-	if err != nil {
-		return Detail{}, err
-	}
-	st, err := s.repo.Stats(ctx, id)
+	c, st, seconds, dbNow, err := s.repo.Detail(ctx, id)
 	if err != nil {
 		return Detail{}, err
 	}
 	now := s.now()
 	d := Detail{Campaign: c, Stats: st, NextWindowOpensAt: nextWindowOpens(c, now)}
-	var rate float64
-	if c.Status != StatusDraft && c.Status != StatusScheduled { // one not yet sent has no messages to measure
-		if rate, err = s.repo.Rate(ctx, id, c.StartedAt); err != nil {
-			return Detail{}, err
-		}
-	}
-	d.Progress = progress(c, st, rate, d.NextWindowOpensAt != nil, now)
+	// The rate is measured on the database's clock, which stamped the
+	// finishes; the ETA is on the service's.
+	d.Progress = progress(c, st, rate(seconds, dbNow, c.StartedAt), d.NextWindowOpensAt != nil, now)
 	return d, nil
 }
 

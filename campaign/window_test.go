@@ -264,11 +264,13 @@ SELECT $1, c, 'sent', now() - (3000 - g) * interval '10 milliseconds', now()
 FROM unnest($2::bigint[]) WITH ORDINALITY AS u(c, g)
 ORDER BY g`, id, pq.Array(customers))
 		d, _ := detail(t, id)
-		// The read's now() is later than the insert's by however long the
-		// insert took and the read took to start (seconds on a loaded machine), which lengthens
-		// the span the 2,000 cover: allow for exactly that.
-		lowest := 2000 / (20 + time.Since(inserted).Seconds() + 0.05)
-		if r := d.Progress.RatePerSecond; r < lowest-0.01 || r > 101 {
+		// The rate is counted per second: the 2,000th newest finished in
+		// the second that began 20 to 21 s before the insert, and all of
+		// that second counts, so the rate is 2,000-2,100 over 20-21 s plus
+		// however long the insert and the read took to start (seconds on a
+		// loaded machine): allow for exactly that.
+		lowest := 2000 / (21 + time.Since(inserted).Seconds() + 0.05)
+		if r := d.Progress.RatePerSecond; r < lowest-0.01 || r > 105 {
 			t.Errorf("rate = %v, want about 100 (at least %.2f)", r, lowest)
 		}
 	})
@@ -289,23 +291,28 @@ ORDER BY g`, id, pq.Array(customers))
 
 func TestRate(t *testing.T) {
 	t.Parallel()
-	now := time.Date(2025, 5, 20, 8, 0, 0, 0, time.UTC)
+	now := time.Date(2025, 5, 20, 8, 0, 0, 500_000_000, time.UTC)
+	sec := func(ago, n int64) finishes {
+		return finishes{At: now.Truncate(time.Second).Add(-time.Duration(ago) * time.Second), N: n}
+	}
 	tests := []struct {
 		name    string
-		n       int64
-		oldest  time.Time
+		seconds []finishes // newest first, as rateSQL returns them
 		started *time.Time
 		want    float64
 	}{
-		{"nothing", 0, now, nil, 0},
-		{"over the minute", 30, now.Add(-50 * time.Second), nil, 0.5},
-		{"started 10 s ago", 20, now.Add(-5 * time.Second), ptr(now.Add(-10 * time.Second)), 2},
-		{"started an instant ago counts a second", 5, now, ptr(now.Add(-time.Millisecond)), 5},
-		{"full sample over its span", rateSample, now.Add(-4 * time.Second), ptr(now.Add(-time.Hour)), rateSample / 4},
-		{"rounded", 1, now.Add(-10 * time.Second), nil, 0.02},
+		{"nothing", nil, nil, 0},
+		{"over the minute", []finishes{sec(0, 10), sec(30, 10), sec(50, 10)}, nil, 0.5},
+		{"started 10 s ago", []finishes{sec(1, 15), sec(5, 5)}, ptr(now.Add(-10 * time.Second)), 2},
+		{"started an instant ago counts a second", []finishes{sec(0, 5)}, ptr(now.Add(-time.Millisecond)), 5},
+		// 2,000 reached in the second that began 3.5 s ago: 2,000 over 3.5 s.
+		{"full sample since its second", []finishes{sec(0, 500), sec(1, 500), sec(2, 500), sec(3, 500), sec(4, 500)},
+			ptr(now.Add(-time.Hour)), 571.43},
+		{"a retried message nets out", []finishes{sec(2, 1), sec(9, 0)}, nil, 0.02},
+		{"rounded", []finishes{sec(10, 1)}, nil, 0.02},
 	}
 	for _, tt := range tests {
-		if got := rate(tt.n, tt.oldest, now, tt.started); got != tt.want {
+		if got := rate(tt.seconds, now, tt.started); got != tt.want {
 			t.Errorf("%s: rate = %v, want %v", tt.name, got, tt.want)
 		}
 	}
@@ -601,4 +608,59 @@ func (te *testEnv) insertFinished(t testing.TB, campaignID, customerID int64, st
 	te.windowExec(t, `INSERT INTO outbound_messages (campaign_id, customer_id, status, sent_at, updated_at)
 VALUES ($1, $2, $3, CASE WHEN $3 IN ('sent', 'delivered', 'undelivered') THEN `+at+` END, `+at+`)`,
 		campaignID, customerID, status)
+}
+
+// TestFinishCounts follows the per-second finish counts the rate reads
+// (campaign_finishes) through the changes a message goes through: they
+// count messages that are final now, by finishing second, whatever path
+// they took.
+func TestFinishCounts(t *testing.T) {
+	t.Parallel()
+	te := newTestEnv(t)
+	id := te.insertCampaign(t, "finishes", channel.SMS, StatusSending)
+	customers := seedCustomers(t, te.db.DB, 6)
+	for _, c := range customers {
+		te.insertMessage(t, id, c, "pending")
+	}
+	counted := func() int64 {
+		t.Helper()
+		var n int64
+		if err := te.db.Get(&n, `SELECT coalesce(sum(n), 0) FROM campaign_finishes WHERE campaign_id = $1`, id); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	final := func() int64 {
+		t.Helper()
+		var n int64
+		if err := te.db.Get(&n, `SELECT count(*) FROM outbound_messages WHERE campaign_id = $1
+AND status IN ('sent', 'delivered', 'undelivered', 'failed', 'cancelled')`, id); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	steps := []struct {
+		name, sql string
+		args      []any
+	}{
+		{"claimed", `UPDATE outbound_messages SET status = 'sending', updated_at = now() WHERE campaign_id = $1`, nil},
+		{"recorded: 3 sent, 1 failed, 2 back to pending", `UPDATE outbound_messages SET
+    status = CASE WHEN customer_id = ANY($2) THEN 'sent' WHEN customer_id = $3 THEN 'failed' ELSE 'pending' END,
+    sent_at = CASE WHEN customer_id = ANY($2) THEN now() END, updated_at = now() WHERE campaign_id = $1`,
+			[]any{pq.Array(customers[:3]), customers[3]}},
+		{"a receipt: sent to delivered", `UPDATE outbound_messages SET status = 'delivered', updated_at = now()
+WHERE campaign_id = $1 AND customer_id = $2`, []any{customers[0]}},
+		{"retry-failed", `UPDATE outbound_messages SET status = 'pending', updated_at = now() WHERE campaign_id = $1 AND status = 'failed'`, nil},
+		{"cancelled", `UPDATE outbound_messages SET status = 'cancelled', updated_at = now() WHERE campaign_id = $1 AND status = 'pending'`, nil},
+		{"a message deleted", `DELETE FROM outbound_messages WHERE campaign_id = $1 AND customer_id = $2`, []any{customers[0]}},
+	}
+	for _, s := range steps {
+		te.windowExec(t, s.sql, append([]any{id}, s.args...)...)
+		if got, want := counted(), final(); got != want {
+			t.Errorf("after %s: %d counted as finished, %d messages final", s.name, got, want)
+		}
+	}
+	if got := counted(); got != 5 {
+		t.Errorf("at the end %d counted, want 5 (2 sent, 3 cancelled)", got)
+	}
 }
