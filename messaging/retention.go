@@ -107,7 +107,8 @@ func (r *Retention) extend(ctx context.Context) (*Partition, error) {
 			return postgres.Classify(err, "plan the next message partition")
 		}
 		// message_partition_make (migration 00014) makes both tables'
-		// partitions, the messages' unique index on id, and lists the range.
+		// partitions, the messages' primary key on id and the attempts'
+		// foreign key to it, and lists the range.
 		if _, err := tx.ExecContext(ctx, `SELECT message_partition_make($1, $2)`, p.CampaignLo, p.CampaignHi); err != nil {
 			return postgres.Classify(err, "make message partition "+strconv.FormatInt(p.CampaignLo, 10))
 		}
