@@ -11,10 +11,10 @@
 -- ordinary index; keyed by time it would need a second table written on
 -- every send; keyed by id it could not hold at all. The price: a lookup by
 -- message id alone (the claim, the recorder, GET /messages/{id}) probes
--- every partition: the claim and record of 100 messages cost 1.05, 1.7,
--- 3.4 and 6.4 times the plain table's with 1, 4, 12 and 50 partitions, GET
--- /messages/{id} 0.96, 1.5, 2.2 and 5.5 times (messaging
--- BenchmarkPartitionProbe).
+-- every partition: the claim and record of 100 messages cost 0.98, 1.12,
+-- 2.9 and 6.0 times the plain table's with 1, 4, 12 and 50 partitions, GET
+-- /messages/{id} 1.3, 2.0, 3.1 and 9.3 times (messaging
+-- BenchmarkPartitionProbe, 100,000 messages, analysed).
 -- So partitions are few and wide: each covers a range of campaign ids about
 -- a month of campaigns wide (the campaigns created in the last 30 days when
 -- it is made, at least 16), and with a retention of 90 days about four are
@@ -175,7 +175,11 @@ ALTER TABLE message_attempts ADD CONSTRAINT message_attempts_pkey PRIMARY KEY (m
 -- a fresh database, no ANALYZE) the partitioned table without them
 -- delivered 868 to 1,206 messages/s where the plain one delivered 4,886 to
 -- 5,793, with 1,052 to 1,354 µs of PostgreSQL CPU per message instead of
--- about 220.
+-- about 220. With the key on id only, 4,034 to 5,147 messages/s and 282 to
+-- 308 µs (the per-attempt plans). With both, alternating with the plain
+-- table in one run: 5,891, 6,251, 5,444 and 5,882 against 5,579, 5,996,
+-- 6,574 and 4,995 messages/s (means 1.01 of the plain table's), 241 against
+-- 246 µs per message; the median of fourteen such pairs that day was 0.95.
 
 -- The stats counters' triggers (00012; they count finishes too since 00013)
 -- went with the old table; the copy above ran without them, so
