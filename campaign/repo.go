@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -20,12 +21,13 @@ import (
 // internal errors; no driver error type escapes it. It is safe for
 // concurrent use.
 type Repo struct {
-	db *sqlx.DB
+	db    *sqlx.DB
+	stmts *postgres.Statements // the reads' statements (detail, list pages), prepared once
 }
 
 // NewRepo returns a Repo over db.
 func NewRepo(db *sqlx.DB) *Repo {
-	return &Repo{db: db}
+	return &Repo{db: db, stmts: postgres.NewStatements(db)}
 }
 
 const insertSQL = `
@@ -64,9 +66,9 @@ func (r *Repo) Get(ctx context.Context, id int64) (Campaign, error) {
 }
 
 // detailSQL reads campaign $1, its stats and its finish counts per second
-// over the last $2 (an interval) in one statement: a detail read is one
-// round trip, and every part of it costs the same whatever the campaign's
-// size. No row: no such campaign.
+// over the last $2 (an interval) in one prepared statement: a detail read
+// is one round trip, planned once per connection, and every part of it
+// costs the same whatever the campaign's size. No row: no such campaign.
 var detailSQL = `
 WITH stats AS (` + statsSQL("ARRAY[$1::bigint]") + `
 ), finished AS (
@@ -103,8 +105,12 @@ type detailRow struct {
 // the last rateWindow (newest first) and the database's now, or
 // ErrNotFound.
 func (r *Repo) Detail(ctx context.Context, id int64) (Campaign, Stats, []finishes, time.Time, error) {
+	stmt, err := r.stmts.Get(ctx, detailSQL)
+	if err != nil {
+		return Campaign{}, Stats{}, nil, time.Time{}, postgres.Classify(err, "prepare campaign detail")
+	}
 	var row detailRow
-	err := r.db.GetContext(ctx, &row, detailSQL, id, fmt.Sprintf("%d seconds", int(rateWindow.Seconds())))
+	err = stmt.GetContext(ctx, &row, id, fmt.Sprintf("%d seconds", int(rateWindow.Seconds())))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Campaign{}, Stats{}, nil, time.Time{}, ErrNotFound.Withf("campaign %d not found", id)
 	}
@@ -128,23 +134,24 @@ func (r *Repo) Detail(ctx context.Context, id int64) (Campaign, Stats, []finishe
 // listSQL reads one page of campaigns, newest first, with their stats and
 // the number of campaigns matching the filter, in one statement (one
 // snapshot, one round trip). The total comes on every row, and on a row of
-// its own with a NULL id when the page is empty. An empty filter value
-// (the empty string, or 0 for the cursor) disables its condition, so one
-// statement serves every combination: lib/pq sends unnamed statements,
-// which PostgreSQL plans with the actual values, so the disabled
-// conditions fold away and the (channel, id) and (status, id) indexes
-// apply.
-var listSQL = `
+// its own with a NULL id when the page is empty. where filters the campaigns
+// counted, page those listed; limit and offset are the page's parameters.
+//
+// Each combination of filters is its own statement, prepared once (see
+// Repo.stmts): one statement with optional conditions ($1 = ” OR channel =
+// $1) would be planned generically once prepared, and could use neither the
+// (channel, id) nor the (status, id) index.
+func listSQL(where, page, limit, offset string) string {
+	return `
 WITH matching AS (
     SELECT id, name, channel, status, scheduled_at, created_at
     FROM campaigns
-    WHERE ($1::text = '' OR channel = $1::text)
-      AND ($2::text = '' OR status = $2::text)
+    WHERE ` + where + `
 ), page AS (
     SELECT * FROM matching
-    WHERE ($3::bigint = 0 OR id < $3::bigint)
+    WHERE ` + page + `
     ORDER BY id DESC
-    LIMIT $4 OFFSET $5
+    LIMIT ` + limit + ` OFFSET ` + offset + `
 ), total AS (
     SELECT count(*) AS total FROM matching
 ), stats AS (` + statsSQL("ARRAY(SELECT id FROM page)") + `
@@ -157,6 +164,29 @@ FROM total t
 LEFT JOIN page p ON true
 LEFT JOIN stats s ON s.campaign_id = p.id
 ORDER BY p.id DESC`
+}
+
+// listStatement returns q's statement and its arguments.
+func listStatement(q ListQuery) (string, []any) {
+	var args []any
+	param := func(v any) string {
+		args = append(args, v)
+		return fmt.Sprintf("$%d", len(args))
+	}
+	where := []string{"true"}
+	if q.Filter.Channel != "" {
+		where = append(where, "channel = "+param(string(q.Filter.Channel))+"::text")
+	}
+	if q.Filter.Status != "" {
+		where = append(where, "status = "+param(string(q.Filter.Status))+"::text")
+	}
+	page := "true"
+	if q.AfterID != 0 {
+		page = "id < " + param(q.AfterID) + "::bigint"
+	}
+	limit, offset := param(q.Limit)+"::int", param(q.Offset)+"::bigint"
+	return listSQL(strings.Join(where, " AND "), page, limit, offset), args
+}
 
 // ListQuery is one page of a list: at most Limit rows after skipping Offset,
 // or, when AfterID is non-zero, the rows with an id below it (a keyset
@@ -191,9 +221,13 @@ type listRow struct {
 // from one snapshot, so total agrees with the rows even while campaigns
 // are being created.
 func (r *Repo) List(ctx context.Context, q ListQuery) (items []Summary, total int64, err error) {
+	query, args := listStatement(q)
+	stmt, err := r.stmts.Get(ctx, query)
+	if err != nil {
+		return nil, 0, postgres.Classify(err, "prepare list of campaigns")
+	}
 	var rows []listRow
-	if err := r.db.SelectContext(ctx, &rows, listSQL,
-		string(q.Filter.Channel), string(q.Filter.Status), q.AfterID, q.Limit, q.Offset); err != nil {
+	if err := stmt.SelectContext(ctx, &rows, args...); err != nil {
 		return nil, 0, postgres.Classify(err, "list campaigns")
 	}
 	items = make([]Summary, 0, q.Limit)

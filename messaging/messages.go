@@ -211,9 +211,10 @@ const campaignExistsSQL = `SELECT EXISTS (SELECT 1 FROM campaigns WHERE id = $1)
 // unknown campaign is ErrCampaignNotFound.
 //
 // The WHERE clause is built from the filters given, so each shape gets its
-// own plan: (campaign_id, id) or (campaign_id, status, id) walked backwards,
-// and for a phone among non-test messages the (campaign_id, customer_id)
-// unique index. With test=true and a phone, the campaign's messages are
+// own plan: (campaign_id, id) walked backwards, or for a status the partial
+// (campaign_id, id) index of active messages (pending, sending) or of those
+// that ended unsent (failed, undelivered, cancelled), and for a phone among
+// non-test messages the (campaign_id, customer_id) unique index. With test=true and a phone, the campaign's messages are
 // scanned and filtered (test sends keep their phone on the message, which
 // has no index).
 func (r *Repo) ListMessages(ctx context.Context, campaignID int64, f MessageFilter, req page.Request) (MessageList, error) {

@@ -20,13 +20,13 @@ import (
 )
 
 // BenchmarkPartitionProbe is the figure behind the partitioning scheme of
-// migration 00014 (RANGE on campaign_id): the queue carries message ids
+// migration 00015 (RANGE on campaign_id): the queue carries message ids
 // only, so the claim, the recorder and GET /messages/{id} cannot prune and
 // probe every partition. It runs the real Repo.Claim + Repo.Record of
 // 100-message batches and Repo.GetMessage on the same messages (100
 // campaigns, PARTITION_BENCH_MESSAGES messages, default 200,000) in five
-// schemas: migrated to 00013 (one plain table; its attempts given 00014's
-// campaign_id) and to 00014 with 1, 4, 12 and 50 partitions, interleaved in
+// schemas: migrated to 00014 (one plain table; its attempts given 00015's
+// campaign_id) and to 00015 with 1, 4, 12 and 50 partitions, interleaved in
 // rounds so the shared host's noise falls on all alike, and reports µs per
 // operation and each layout's ratio to the plain table:
 //
@@ -44,7 +44,7 @@ func BenchmarkPartitionProbe(b *testing.B) {
 	ctx := context.Background()
 	type layout struct {
 		name       string
-		partitions int // 0: the plain table of 00013
+		partitions int // 0: the plain table of 00014
 		repo       *Repo
 		cursor     []int64 // per campaign, the next pending message id
 		end        []int64 // per campaign, past its last message id
@@ -122,7 +122,7 @@ func BenchmarkPartitionProbe(b *testing.B) {
 	}
 }
 
-// benchSchema is a new schema migrated to 00013 (partitions 0) or to 00014
+// benchSchema is a new schema migrated to 00014 (partitions 0) or to 00015
 // with that many partitions made before any campaign exists, dropped when
 // the benchmark ends.
 func benchSchema(b *testing.B, partitions int) *sqlx.DB {
@@ -157,15 +157,15 @@ func benchSchema(b *testing.B, partitions int) *sqlx.DB {
 	if err != nil {
 		b.Fatal(err)
 	}
-	version := int64(13)
+	version := int64(14)
 	if partitions > 0 {
-		version = 14
+		version = 15
 	}
 	if _, err := p.UpTo(ctx, version); err != nil {
 		b.Fatal(err)
 	}
 	if partitions == 0 {
-		// The attempts as 00014 shapes them, so the statements of this
+		// The attempts as 00015 shapes them, so the statements of this
 		// code run unchanged: the plain layout differs in partitioning
 		// alone.
 		if _, err := db.Exec(`ALTER TABLE message_attempts ADD COLUMN campaign_id bigint NOT NULL,

@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -21,12 +20,11 @@ type Repo struct {
 	// (outbox.Subscriptions.Types); nil: none.
 	eventTypes func() []string
 
-	mu    sync.Mutex
-	stmts map[string]*sqlx.Stmt // the worker's per-batch statements, prepared once
+	stmts *postgres.Statements // the worker's per-batch statements (claim, record), prepared once
 }
 
 // NewRepo returns a Repo over db.
-func NewRepo(db *sqlx.DB) *Repo { return &Repo{db: db, stmts: map[string]*sqlx.Stmt{}} }
+func NewRepo(db *sqlx.DB) *Repo { return &Repo{db: db, stmts: postgres.NewStatements(db)} }
 
 // WithEventTypes makes the recorder write message.sent and message.failed
 // webhook events, in the statement that records the outcomes, when types
@@ -43,26 +41,6 @@ func (r *Repo) wantedEvents() any {
 		return pq.StringArray{}
 	}
 	return pq.StringArray(r.eventTypes())
-}
-
-// prepared returns query prepared on db, preparing it on first use. The
-// worker's claim and record run once per batch, many times a second: a
-// prepared statement is parsed and planned once per connection and runs in
-// one round trip instead of two. database/sql re-prepares it on each new
-// connection, so it survives reconnects; a failed prepare is retried on the
-// next call.
-func (r *Repo) prepared(ctx context.Context, query string) (*sqlx.Stmt, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if st, ok := r.stmts[query]; ok {
-		return st, nil
-	}
-	st, err := r.db.PreparexContext(ctx, query)
-	if err != nil {
-		return nil, err
-	}
-	r.stmts[query] = st
-	return st, nil
 }
 
 const insertBatchSQL = `
@@ -198,7 +176,7 @@ FROM info`
 // fails instead of being delivered again.
 func (r *Repo) Claim(ctx context.Context, ids []int64, lease time.Duration, failUncertain bool) ([]Job, []Unclaimed, error) {
 	var claimed []claimRow
-	st, err := r.prepared(ctx, claimSQL)
+	st, err := r.stmts.Get(ctx, claimSQL)
 	if err != nil {
 		return nil, nil, postgres.Classify(err, "prepare claim")
 	}
@@ -359,7 +337,7 @@ func (r *Repo) Record(ctx context.Context, outcomes []Outcome) (skipped []int64,
 			results[i] = string(o.Status)
 		}
 	}
-	st, err := r.prepared(ctx, recordSQL)
+	st, err := r.stmts.Get(ctx, recordSQL)
 	if err != nil {
 		return nil, postgres.Classify(err, "prepare record")
 	}

@@ -39,13 +39,13 @@ func ParseRetention(s string) (time.Duration, error) {
 
 // Partition is one range of campaign ids, [CampaignLo, CampaignHi), whose
 // messages and attempts live in the partitions outbound_messages_c<lo> and
-// message_attempts_c<lo> (migration 00014).
+// message_attempts_c<lo> (migration 00015).
 type Partition struct {
 	CampaignLo int64 `db:"campaign_lo"`
 	CampaignHi int64 `db:"campaign_hi"`
 }
 
-// Retention keeps the messages table's partitions (migration 00014): it
+// Retention keeps the messages table's partitions (migration 00015): it
 // makes the next range of campaign ids ahead of the campaigns that need it
 // and, with a positive keep, drops whole ranges whose campaigns all
 // finished longer than keep ago.
@@ -106,7 +106,7 @@ func (r *Retention) extend(ctx context.Context) (*Partition, error) {
 		if err != nil {
 			return postgres.Classify(err, "plan the next message partition")
 		}
-		// message_partition_make (migration 00014) makes both tables'
+		// message_partition_make (migration 00015) makes both tables'
 		// partitions, the messages' primary key on id and the attempts'
 		// foreign key to it, and lists the range.
 		if _, err := tx.ExecContext(ctx, `SELECT message_partition_make($1, $2)`, p.CampaignLo, p.CampaignHi); err != nil {

@@ -274,7 +274,7 @@ func TestEveryMessagePartitionHasItsPrimaryKeyOnID(t *testing.T) {
 }
 
 // The attempts' foreign key is declared from each attempts partition to
-// its messages partition (migration 00014: checked as on a plain table); it
+// its messages partition (migration 00015: checked as on a plain table); it
 // must still refuse an attempt without its message and go with a deleted
 // message, in a range and in DEFAULT.
 func TestAttemptsNeedTheirMessageInEveryPartition(t *testing.T) {

@@ -14,9 +14,9 @@ import (
 	"github.com/campaignd/dispatch/platform/postgres/pgtest"
 )
 
-// partitionVersion is 00014_partitioned_messages.sql; the migrations before
+// partitionVersion is 00015_partitioned_messages.sql; the migrations before
 // it are applied with UpTo(partitionVersion-1).
-const partitionVersion = 14
+const partitionVersion = 15
 
 // messagesDigest fingerprints every column of every message and attempt,
 // so a move that loses, changes or reorders anything shows.

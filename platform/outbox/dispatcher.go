@@ -164,8 +164,7 @@ type Dispatcher struct {
 	// lest it be delivered here and by another dispatcher at once.
 	lease, staleAfter time.Duration
 
-	mu    sync.Mutex
-	stmts map[string]*sqlx.Stmt // prepared once: the statements run per batch
+	stmts *postgres.Statements // the statements run per batch, prepared once: planning their CTEs each time would cost more than running them
 }
 
 // NewDispatcher returns a Dispatcher over db; it does nothing until Run.
@@ -175,34 +174,7 @@ func NewDispatcher(db *sqlx.DB, o DispatcherOptions, log *slog.Logger) *Dispatch
 		db: db, o: o, log: log,
 		lease:      (prefetch+1)*o.Timeout + 30*time.Second,
 		staleAfter: prefetch*o.Timeout + 20*time.Second,
-		stmts:      make(map[string]*sqlx.Stmt),
-	}
-}
-
-// prepared returns query prepared on d's pool: the dispatcher's statements
-// run for every few deliveries, and planning their CTEs each time would
-// cost more than running them.
-func (d *Dispatcher) prepared(ctx context.Context, query string) (*sqlx.Stmt, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if st, ok := d.stmts[query]; ok {
-		return st, nil
-	}
-	st, err := d.db.PreparexContext(ctx, query)
-	if err != nil {
-		return nil, err
-	}
-	d.stmts[query] = st
-	return st, nil
-}
-
-// closeStatements closes the prepared statements when Run returns.
-func (d *Dispatcher) closeStatements() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for q, st := range d.stmts {
-		st.Close()
-		delete(d.stmts, q)
+		stmts:      postgres.NewStatements(db),
 	}
 }
 
@@ -231,7 +203,7 @@ func (d *Dispatcher) Run(ctx context.Context) {
 		wake:    make(chan struct{}, 1),
 		lanes:   make(map[int64]*lane),
 	}
-	defer d.closeStatements()
+	defer d.stmts.Close()
 	recordCtx, stopRecording := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopRecording()
 	var recorder, pruner sync.WaitGroup
@@ -291,7 +263,7 @@ const enabledSQL = `SELECT id FROM webhook_endpoints WHERE enabled`
 // the due tasks run short.
 func (r *run) step(ctx context.Context) error {
 	var endpoints []int64
-	st, err := r.d.prepared(ctx, enabledSQL)
+	st, err := r.d.stmts.Get(ctx, enabledSQL)
 	if err == nil {
 		err = st.SelectContext(ctx, &endpoints)
 	}
@@ -481,7 +453,7 @@ func (d *Dispatcher) fanOut(ctx context.Context) (int, error) {
 		Events int `db:"events"`
 		Tasks  int `db:"tasks"`
 	}
-	st, err := d.prepared(ctx, fanOutSQL)
+	st, err := d.stmts.Get(ctx, fanOutSQL)
 	if err == nil {
 		err = st.GetContext(ctx, &n, d.o.FanOutBatch, d.o.FanOutBatch)
 	}
@@ -533,7 +505,7 @@ type task struct {
 
 func (d *Dispatcher) claim(ctx context.Context, n int, ids, room []int64) ([]task, error) {
 	var tasks []task
-	st, err := d.prepared(ctx, claimSQL)
+	st, err := d.stmts.Get(ctx, claimSQL)
 	if err == nil {
 		err = st.SelectContext(ctx, &tasks, n, pq.Array(ids), pq.Array(room), d.lease.Seconds())
 	}
@@ -747,7 +719,7 @@ func (d *Dispatcher) store(ctx context.Context, batch []result) error {
 	for i, id := range order {
 		oks[i] = latest[id]
 	}
-	st, err := d.prepared(ctx, recordSQL)
+	st, err := d.stmts.Get(ctx, recordSQL)
 	if err != nil {
 		return postgres.Classify(err, "prepare record webhook deliveries")
 	}

@@ -134,7 +134,8 @@ CREATE INDEX outbound_messages_active_idx ON outbound_messages (updated_at) WHER
 CREATE INDEX outbound_messages_campaign_active_idx ON outbound_messages (campaign_id, id)
     WHERE status IN ('pending', 'sending');
 CREATE INDEX outbound_messages_campaign_id_idx ON outbound_messages (campaign_id, id);
-CREATE INDEX outbound_messages_campaign_status_id_idx ON outbound_messages (campaign_id, status, id);
+CREATE INDEX outbound_messages_campaign_unsent_idx ON outbound_messages (campaign_id, id)
+    WHERE status IN ('failed', 'undelivered', 'cancelled');
 CREATE INDEX outbound_messages_customer_idx ON outbound_messages (customer_id);
 CREATE INDEX outbound_messages_feed_idx ON outbound_messages (campaign_id, id)
     WHERE status = 'pending' AND queued_at IS NULL;
@@ -230,7 +231,8 @@ CREATE INDEX outbound_messages_active_idx ON outbound_messages (updated_at) WHER
 CREATE INDEX outbound_messages_campaign_active_idx ON outbound_messages (campaign_id, id)
     WHERE status IN ('pending', 'sending');
 CREATE INDEX outbound_messages_campaign_id_idx ON outbound_messages (campaign_id, id);
-CREATE INDEX outbound_messages_campaign_status_id_idx ON outbound_messages (campaign_id, status, id);
+CREATE INDEX outbound_messages_campaign_unsent_idx ON outbound_messages (campaign_id, id)
+    WHERE status IN ('failed', 'undelivered', 'cancelled');
 CREATE INDEX outbound_messages_customer_idx ON outbound_messages (customer_id);
 CREATE INDEX outbound_messages_feed_idx ON outbound_messages (campaign_id, id)
     WHERE status = 'pending' AND queued_at IS NULL;
