@@ -198,6 +198,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error) 
 	return a, nil
 }
 
+// retentionInterval paces the partition keeper (messaging.Retention): it
+// makes the next messages partition ahead of the campaigns that need it and
+// drops expired ones; both are a few catalog reads when there is nothing to
+// do.
+const retentionInterval = time.Minute
+
 // wire builds the features. Features never import each other: app passes
 // one feature's service to another through the small interfaces the
 // consumer declares.
@@ -295,7 +301,7 @@ func (a *App) Addr() string { return a.listener.Addr().String() }
 //     requests (api.shutdown_timeout), while, at the same time, the worker
 //     pool stops taking jobs and finishes in-flight deliveries
 //     (worker.drain_timeout), recording every outcome;
-//  2. the background loops (feeder, sweeper, promoter, reaper, materialiser, finisher, scheduler) stop;
+//  2. the background loops (feeder, sweeper, promoter, reaper, materialiser, finisher, scheduler, partition keeper) stop;
 //  3. Close (called by the owner) closes Redis, then PostgreSQL.
 //
 // It returns nil after a clean shutdown.
@@ -330,6 +336,10 @@ func (a *App) Run(ctx context.Context) error {
 	loops.Go(func() { a.testSends.Run(loopCtx, a.cfg.Sweeper.Interval) })               // returns when loopCtx ends and test deliveries are recorded
 	loops.Go(func() {                                                                   // returns when loopCtx ends
 		a.campaigns.RunScheduler(loopCtx, a.cfg.Schedule.Interval, a.cfg.Schedule.MaxLateness)
+	})
+	loops.Go(func() { // returns when loopCtx ends
+		messaging.NewRetention(a.db, a.cfg.MessageRetentionPeriod(), a.log.With("component", "retention")).
+			Run(loopCtx, retentionInterval)
 	})
 
 	var runErr error

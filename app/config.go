@@ -99,7 +99,10 @@ type Config struct {
 	MaxRetryCount     int           `mapstructure:"max_retry_count"`
 	RetryBackoffBase  time.Duration `mapstructure:"retry_backoff_base"`
 	RetryBackoffMax   time.Duration `mapstructure:"retry_backoff_max"`
-	Worker            struct {
+	// MessageRetention is how long the messages of finished campaigns are
+	// kept ("90d"; "" or "0": forever); see MessageRetentionPeriod.
+	MessageRetention string `mapstructure:"message_retention"`
+	Worker           struct {
 		BatchSize         int           `mapstructure:"batch_size"`
 		SendTimeout       time.Duration `mapstructure:"send_timeout"`
 		Lease             time.Duration `mapstructure:"lease"`
@@ -341,6 +344,9 @@ func (c Config) Validate() error {
 	}
 	if c.RetryBackoffBase <= 0 {
 		bad("retry_backoff_base (RETRY_BACKOFF_BASE) must be positive")
+	}
+	if _, err := messaging.ParseRetention(c.MessageRetention); err != nil {
+		bad("message_retention (MESSAGE_RETENTION): %v", err)
 	}
 	if c.RetryBackoffMax < c.RetryBackoffBase {
 		bad("retry_backoff_max (RETRY_BACKOFF_MAX) must be at least retry_backoff_base")
@@ -643,4 +649,11 @@ func ParseBytes(s string) (int64, error) {
 // uses reports whether provider carries any channel.
 func (c Config) uses(provider string) bool {
 	return c.Providers.SMS == provider || c.Providers.WhatsApp == provider
+}
+
+// MessageRetentionPeriod is MESSAGE_RETENTION as a duration (0: keep
+// forever); Validate has checked it.
+func (c Config) MessageRetentionPeriod() time.Duration {
+	d, _ := messaging.ParseRetention(c.MessageRetention)
+	return d
 }

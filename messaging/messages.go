@@ -290,7 +290,7 @@ CROSS JOIN LATERAL (
                'outcome', a.outcome, 'error', a.error, 'provider_status', a.provider_status)
            ORDER BY a.attempt), '[]') AS attempts_log
     FROM message_attempts a
-    WHERE a.message_id = m.id
+    WHERE a.message_id = m.id AND a.campaign_id = m.campaign_id -- the message's partition only
 ) l
 WHERE m.id = $1`
 

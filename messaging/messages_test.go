@@ -358,10 +358,12 @@ func TestMessagesGet(t *testing.T) {
 	f := newListFixture(t, env.db.DB)
 	// Attempts are written out of order; the log is by attempt number.
 	mvExec(t, env.db.DB, `
-INSERT INTO message_attempts (message_id, attempt, started_at, duration_ms, outcome, error, provider_status) VALUES
-    ($1, 3, '2025-05-20 11:00:09.25+03', 120, 'sent', NULL, 'Success'),
-    ($1, 1, '2025-05-20 08:00:00Z', 30000, 'retried', 'timeout after 30s', NULL),
-    ($1, 2, '2025-05-20 08:00:05Z', 45, 'retried', 'HTTP 503', '503')`, f.m2)
+INSERT INTO message_attempts (campaign_id, message_id, attempt, started_at, duration_ms, outcome, error, provider_status)
+SELECT m.campaign_id, m.id, a.* FROM outbound_messages m, (VALUES
+    (3, '2025-05-20 11:00:09.25+03'::timestamptz, 120, 'sent', NULL, 'Success'),
+    (1, '2025-05-20 08:00:00Z', 30000, 'retried', 'timeout after 30s', NULL),
+    (2, '2025-05-20 08:00:05Z', 45, 'retried', 'HTTP 503', '503')) AS a
+WHERE m.id = $1`, f.m2)
 
 	rec := env.do(t, http.MethodGet, fmt.Sprintf("/messages/%d", f.m2))
 	if rec.Code != http.StatusOK {

@@ -73,7 +73,7 @@ type Batch struct {
 // the batch's ids through the primary key only. Keep it so when changing it.
 const claimSQL = `
 WITH cand AS (
-    SELECT m.id, k.channel, m.status AS was, m.attempts, m.updated_at AS last_touch,
+    SELECT m.id, m.campaign_id, k.channel, m.status AS was, m.attempts, m.updated_at AS last_touch,
            (k.status = 'cancelled' OR o.customer_id IS NOT NULL OR (m.customer_id IS NULL AND m.phone IS NULL)) AS skip,
            CASE WHEN m.customer_id IS NULL AND m.phone IS NULL THEN 'not sent: customer erased'
                 WHEN o.customer_id IS NOT NULL THEN 'not sent: customer opted out of ' || k.channel
@@ -107,12 +107,12 @@ WITH cand AS (
           END
     RETURNING m.id, m.campaign_id, m.customer_id, m.retry_count, m.status
 ), lost AS (
-    INSERT INTO message_attempts (message_id, attempt, started_at, duration_ms, outcome, error)
-    SELECT c.id, c.attempts + 1, c.last_touch, 0, 'uncertain',
+    INSERT INTO message_attempts (campaign_id, message_id, attempt, started_at, duration_ms, outcome, error)
+    SELECT c.campaign_id, c.id, c.attempts + 1, c.last_touch, 0, 'uncertain',
            'the process delivering it stopped; the provider may have accepted it'
     FROM cand c JOIN upd u ON u.id = c.id
     WHERE c.was = 'sending'
-    ON CONFLICT (message_id, attempt) DO NOTHING
+    ON CONFLICT (campaign_id, message_id, attempt) DO NOTHING
 )
 -- Rows with status cancelled or failed are messages this claim finished:
 -- Claim reports them (for metrics) and does not deliver them.
@@ -285,11 +285,11 @@ WITH v AS (
     RETURNING m.id, m.attempts, m.campaign_id, m.customer_id, m.status, m.provider, m.provider_message_id,
               m.segments, m.last_error, m.sent_at
 ), hist AS (
-    INSERT INTO message_attempts (message_id, attempt, started_at, duration_ms, outcome, error, provider_status)
-    SELECT u.id, u.attempts, v.started_at, v.duration_ms, v.result, nullif(v.err, ''), nullif(v.provider_status, '')
+    INSERT INTO message_attempts (campaign_id, message_id, attempt, started_at, duration_ms, outcome, error, provider_status)
+    SELECT u.campaign_id, u.id, u.attempts, v.started_at, v.duration_ms, v.result, nullif(v.err, ''), nullif(v.provider_status, '')
     FROM upd u JOIN v ON v.id = u.id
     WHERE v.attempted
-    ON CONFLICT (message_id, attempt) DO NOTHING
+    ON CONFLICT (campaign_id, message_id, attempt) DO NOTHING
 ), events AS (
     -- message.sent and message.failed for the webhook endpoints that want
     -- them ($17), committed with the outcomes: one outbox row per type.

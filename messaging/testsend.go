@@ -81,11 +81,11 @@ WITH stale AS (
     SET status = 'failed', attempts = m.attempts + 1, last_error = $2, updated_at = now()
     FROM stale s
     WHERE m.id = s.id AND m.status = 'sending' AND m.updated_at < now() - $1::interval
-    RETURNING m.id, m.attempts, m.updated_at
+    RETURNING m.id, m.campaign_id, m.attempts, m.updated_at
 ), hist AS (
-    INSERT INTO message_attempts (message_id, attempt, started_at, duration_ms, outcome, error)
-    SELECT id, attempts, updated_at, 0, 'uncertain', $2 FROM upd
-    ON CONFLICT (message_id, attempt) DO NOTHING
+    INSERT INTO message_attempts (campaign_id, message_id, attempt, started_at, duration_ms, outcome, error)
+    SELECT campaign_id, id, attempts, updated_at, 0, 'uncertain', $2 FROM upd
+    ON CONFLICT (campaign_id, message_id, attempt) DO NOTHING
 )
 SELECT count(*) FROM upd`
 
