@@ -178,9 +178,13 @@ ALTER TABLE message_attempts ADD CONSTRAINT message_attempts_pkey PRIMARY KEY (m
 -- 5,793, with 1,052 to 1,354 µs of PostgreSQL CPU per message instead of
 -- about 220. With the key on id only, 4,034 to 5,147 messages/s and 282 to
 -- 308 µs (the per-attempt plans). With both, alternating with the plain
--- table in one run: 5,891, 6,251, 5,444 and 5,882 against 5,579, 5,996,
--- 6,574 and 4,995 messages/s (means 1.01 of the plain table's), 241 against
--- 246 µs per message; the median of fourteen such pairs that day was 0.95.
+-- table three times in one run: 5,163, 6,764 and 6,708 against 5,870, 6,856
+-- and 6,710 messages/s (0.96 of the plain table's), 198 to 203 against 193
+-- to 196 µs per message; another run of three pairs gave 0.92. What is left,
+-- by buffer and lock counts: every lookup by id also probes DEFAULT (about
+-- 2 buffers a message: 2,137 against 1,934 per record of 100), and a record
+-- takes 31 relation locks outside the 16 fast-path slots where the plain
+-- table's takes none.
 
 -- The stats counters' triggers (00012; they count finishes too since 00013)
 -- went with the old table; the copy above ran without them, so
