@@ -34,11 +34,18 @@ FROM outbound_messages
 WHERE campaign_id = $1 AND NOT test`
 
 // The recount lands in slot 0 and the other slots go: the sum is what reads
-// see.
+// see. Slot 0 is overwritten, not deleted and inserted again: the parts of
+// one statement see the same snapshot, so an INSERT beside a DELETE of the
+// same row would still find it there (a unique violation whenever the
+// triggers had written slot 0).
 const replaceStatsSQL = `
-WITH gone AS (DELETE FROM campaign_stats WHERE campaign_id = $1)
+WITH gone AS (DELETE FROM campaign_stats WHERE campaign_id = $1 AND slot <> 0)
 INSERT INTO campaign_stats (campaign_id, slot, pending, sending, sent, delivered, undelivered, failed, cancelled)
-VALUES ($1, 0, $2, $3, $4, $5, $6, $7, $8)`
+VALUES ($1, 0, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (campaign_id, slot) DO UPDATE SET
+    pending = excluded.pending, sending = excluded.sending, sent = excluded.sent,
+    delivered = excluded.delivered, undelivered = excluded.undelivered,
+    failed = excluded.failed, cancelled = excluded.cancelled`
 
 // RebuildStats recounts campaign id's counters from its messages and, when
 // they differ, replaces them; it returns both. It is a repair tool
