@@ -77,25 +77,38 @@ WITH stats AS (` + statsSQL("ARRAY[$1::bigint]") + `
     FROM (` + rateSQL + `) AS r
 )
 SELECT ` + campaignColumns + `,
-       coalesce(s.pending, 0) AS st_pending, coalesce(s.sending, 0) AS st_sending, coalesce(s.sent, 0) AS st_sent,
-       coalesce(s.delivered, 0) AS st_delivered, coalesce(s.undelivered, 0) AS st_undelivered,
-       coalesce(s.failed, 0) AS st_failed, coalesce(s.cancelled, 0) AS st_cancelled,
+       coalesce(s.pending, 0) AS pending, coalesce(s.sending, 0) AS sending, coalesce(s.sent, 0) AS sent,
+       coalesce(s.delivered, 0) AS delivered, coalesce(s.undelivered, 0) AS undelivered,
+       coalesce(s.failed, 0) AS failed, coalesce(s.cancelled, 0) AS cancelled,
        f.ats AS finished_ats, f.ns AS finished_ns, now() AS now
 FROM campaigns c
 CROSS JOIN finished f
 LEFT JOIN stats s ON true
 WHERE c.id = $1`
 
+// statsColumns are a campaign's counters as detailSQL and listSQL return
+// them, beside the campaign's own columns.
+type statsColumns struct {
+	Pending     int64 `db:"pending"`
+	Sending     int64 `db:"sending"`
+	Sent        int64 `db:"sent"`
+	Delivered   int64 `db:"delivered"`
+	Undelivered int64 `db:"undelivered"`
+	Failed      int64 `db:"failed"`
+	Cancelled   int64 `db:"cancelled"`
+}
+
+func (c statsColumns) stats() Stats {
+	st := Stats{Pending: c.Pending, Sending: c.Sending, Sent: c.Sent, Delivered: c.Delivered,
+		Undelivered: c.Undelivered, Failed: c.Failed, Cancelled: c.Cancelled}
+	st.sum()
+	return st
+}
+
 // detailRow is a row of detailSQL.
 type detailRow struct {
 	Campaign
-	Pending     int64         `db:"st_pending"`
-	Sending     int64         `db:"st_sending"`
-	Sent        int64         `db:"st_sent"`
-	Delivered   int64         `db:"st_delivered"`
-	Undelivered int64         `db:"st_undelivered"`
-	Failed      int64         `db:"st_failed"`
-	Cancelled   int64         `db:"st_cancelled"`
+	statsColumns
 	FinishedAts pq.Int64Array `db:"finished_ats"` // unix seconds, newest first
 	FinishedNs  pq.Int64Array `db:"finished_ns"`
 	Now         time.Time     `db:"now"`
@@ -117,14 +130,11 @@ func (r *Repo) Detail(ctx context.Context, id int64) (Campaign, Stats, []finishe
 	if err != nil {
 		return Campaign{}, Stats{}, nil, time.Time{}, postgres.Classify(err, fmt.Sprintf("get campaign %d", id))
 	}
-	st := Stats{Pending: row.Pending, Sending: row.Sending, Sent: row.Sent, Delivered: row.Delivered,
-		Undelivered: row.Undelivered, Failed: row.Failed, Cancelled: row.Cancelled}
-	st.sum()
 	seconds := make([]finishes, len(row.FinishedAts))
 	for i, at := range row.FinishedAts {
 		seconds[i] = finishes{At: time.Unix(at, 0), N: row.FinishedNs[i]}
 	}
-	return row.Campaign.utc(), st, seconds, row.Now, nil
+	return row.Campaign.utc(), row.stats(), seconds, row.Now, nil
 }
 
 // An empty filter value (the empty string, or 0 for the cursor) disables its
@@ -207,13 +217,7 @@ type listRow struct {
 	Status      sql.NullString `db:"status"`
 	ScheduledAt *time.Time     `db:"scheduled_at"`
 	CreatedAt   sql.NullTime   `db:"created_at"`
-	Pending     int64          `db:"pending"`
-	Sending     int64          `db:"sending"`
-	Sent        int64          `db:"sent"`
-	Delivered   int64          `db:"delivered"`
-	Undelivered int64          `db:"undelivered"`
-	Failed      int64          `db:"failed"`
-	Cancelled   int64          `db:"cancelled"`
+	statsColumns
 }
 
 // List returns the total number of campaigns matching q.Filter and up to
@@ -236,13 +240,10 @@ func (r *Repo) List(ctx context.Context, q ListQuery) (items []Summary, total in
 		if !row.ID.Valid {
 			continue
 		}
-		st := Stats{Pending: row.Pending, Sending: row.Sending, Sent: row.Sent, Delivered: row.Delivered,
-			Undelivered: row.Undelivered, Failed: row.Failed, Cancelled: row.Cancelled}
-		st.sum()
 		items = append(items, Summary{
 			ID: row.ID.Int64, Name: row.Name.String, Channel: channel.Channel(row.Channel.String),
 			Status: Status(row.Status.String), ScheduledAt: row.ScheduledAt, CreatedAt: row.CreatedAt.Time,
-			Stats: st,
+			Stats: row.stats(),
 		}.utc())
 	}
 	return items, total, nil
