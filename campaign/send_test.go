@@ -789,15 +789,22 @@ func TestFinish(t *testing.T) {
 		status   Status
 		messages []string
 		want     Status
+		// lostCounts zeroes the campaign's counters after its messages
+		// are in: Finish reads them first, but must not finish a
+		// campaign on their word alone.
+		lostCounts bool
 	}{
-		{"all sent", StatusSending, []string{"sent", "sent", "sent"}, StatusSent},
-		{"one sent, rest failed", StatusSending, []string{"failed", "sent", "failed"}, StatusSent},
-		{"all failed", StatusSending, []string{"failed", "failed"}, StatusFailed},
-		{"one pending", StatusSending, []string{"sent", "pending", "failed"}, StatusSending},
-		{"one sending", StatusSending, []string{"sent", "sending"}, StatusSending},
-		{"all pending", StatusSending, []string{"pending", "pending"}, StatusSending},
-		{"draft is not finished", StatusDraft, []string{"sent"}, StatusDraft},
-		{"sent stays sent", StatusSent, []string{"sent"}, StatusSent},
+		{"all sent", StatusSending, []string{"sent", "sent", "sent"}, StatusSent, false},
+		{"one sent, rest failed", StatusSending, []string{"failed", "sent", "failed"}, StatusSent, false},
+		{"all failed", StatusSending, []string{"failed", "failed"}, StatusFailed, false},
+		{"one pending", StatusSending, []string{"sent", "pending", "failed"}, StatusSending, false},
+		{"one sending", StatusSending, []string{"sent", "sending"}, StatusSending, false},
+		{"all pending", StatusSending, []string{"pending", "pending"}, StatusSending, false},
+		{"draft is not finished", StatusDraft, []string{"sent"}, StatusDraft, false},
+		{"sent stays sent", StatusSent, []string{"sent"}, StatusSent, false},
+		{"no messages at all", StatusSending, nil, StatusFailed, false},
+		{"counters lost, one pending", StatusSending, []string{"sent", "pending"}, StatusSending, true},
+		{"counters lost, all final", StatusSending, []string{"sent", "failed"}, StatusSent, true},
 	}
 	ids := make([]int64, len(tests))
 	var want []Finished
@@ -805,6 +812,11 @@ func TestFinish(t *testing.T) {
 		ids[i] = te.insertCampaign(t, tt.name, channel.SMS, tt.status)
 		for j, st := range tt.messages {
 			te.insertMessage(t, ids[i], customers[j], st)
+		}
+		if tt.lostCounts {
+			if _, err := te.db.ExecContext(ctx, `DELETE FROM campaign_stats WHERE campaign_id = $1`, ids[i]); err != nil {
+				t.Fatal(err)
+			}
 		}
 		if tt.status != tt.want {
 			want = append(want, Finished{ID: ids[i], Status: tt.want})

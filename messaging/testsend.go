@@ -62,20 +62,12 @@ const abandonedTestError = "uncertain: the test send was interrupted (the proces
 
 // failAbandonedTestsSQL fails test messages left in sending longer than
 // $1, with an 'uncertain' attempt, as the claim records a reclaimed one.
-// It walks campaigns and, per campaign, the (campaign_id, status, id)
-// index's short 'sending' range (messages in flight), so its cost does not
-// grow with a backlog of pending messages, which a scan by updated_at of
-// the active-messages index would read row by row to find the test column.
+// It reads outbound_messages_test_sending_idx (00016), which holds only test
+// messages in flight, so its cost does not grow with the campaigns' messages.
 var failAbandonedTestsSQL = `
 WITH stale AS (
-    SELECT m.id
-    FROM campaigns k
-    CROSS JOIN LATERAL (
-        SELECT id, test, updated_at FROM outbound_messages
-        WHERE campaign_id = k.id AND status = 'sending'
-        OFFSET 0 -- keep the per-campaign index probe: do not flatten into one join
-    ) m
-    WHERE m.test AND m.updated_at < now() - $1::interval
+    SELECT id FROM outbound_messages
+    WHERE test AND status = 'sending' AND updated_at < now() - $1::interval
 ), upd AS (
     UPDATE outbound_messages m
     SET status = 'failed', attempts = m.attempts + 1, last_error = $2, updated_at = now()
