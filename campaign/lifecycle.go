@@ -125,7 +125,9 @@ func (s *Service) Resume(ctx context.Context, id int64) (ActionResult, error) {
 // draft | scheduled | sending | paused → cancelled.
 func (s *Service) Cancel(ctx context.Context, id int64) (ActionResult, error) {
 	var n int64
-	err := postgres.InTx(ctx, s.repo.db, func(tx *sqlx.Tx) error {
+	// Retried on a deadlock: the cancel changes every pending message,
+	// while claims change some of them in another order.
+	err := postgres.InTxRetrying(ctx, s.repo.db, func(tx *sqlx.Tx) error {
 		if _, err := s.repo.transition(ctx, tx, id, ErrInvalidTransition, "cancel",
 			StatusDraft, StatusScheduled, StatusSending, StatusPaused); err != nil {
 			return err
@@ -154,7 +156,7 @@ func (s *Service) RetryFailed(ctx context.Context, id int64) (ActionResult, erro
 		ids     []int64
 		status  Status
 	)
-	err := postgres.InTx(ctx, s.repo.db, func(tx *sqlx.Tx) error {
+	err := postgres.InTxRetrying(ctx, s.repo.db, func(tx *sqlx.Tx) error {
 		c, err := s.repo.transition(ctx, tx, id, ErrInvalidTransition, "retry-failed", StatusSent, StatusFailed, StatusSending)
 		if err != nil {
 			return err

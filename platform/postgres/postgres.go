@@ -234,6 +234,33 @@ func Classify(err error, what string) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
+// IsConflict reports whether err is PostgreSQL aborting a transaction to
+// break a deadlock (40P01) or for a serialization failure (40001): the
+// transaction changed nothing, and running it again may well succeed.
+func IsConflict(err error) bool {
+	var pe *pq.Error
+	return errors.As(err, &pe) && (pe.Code == "40P01" || pe.Code == "40001")
+}
+
+// conflictAttempts bounds InTxRetrying's runs of one transaction.
+const conflictAttempts = 3
+
+// InTxRetrying is InTx, run again when PostgreSQL aborts the transaction to
+// break a deadlock or for a serialization failure (IsConflict), up to
+// conflictAttempts runs in all. A transaction that changes many rows a
+// worker may be changing too (cancelling a campaign's pending messages
+// while claims take some of them, in another order) can deadlock; the
+// client should not see a 500 for what the server can simply retry. fn must
+// have no effect outside tx: it may run more than once.
+func InTxRetrying(ctx context.Context, db *sqlx.DB, fn func(tx *sqlx.Tx) error) error {
+	for attempt := 1; ; attempt++ {
+		err := InTx(ctx, db, fn)
+		if err == nil || attempt == conflictAttempts || !IsConflict(err) || ctx.Err() != nil {
+			return err
+		}
+	}
+}
+
 // InTx runs fn in a transaction, committing if fn returns nil and rolling
 // back otherwise.
 func InTx(ctx context.Context, db *sqlx.DB, fn func(tx *sqlx.Tx) error) error {

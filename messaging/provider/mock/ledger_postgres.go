@@ -2,7 +2,6 @@ package mock
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -17,13 +16,11 @@ import (
 
 // Group-commit tuning of PostgresLedger.
 const (
-	ledgerMaxBatch   = 500                   // calls written by one statement at most
-	ledgerMaxFlushes = 2                     // batches being written at once, per ledger
-	ledgerTimeout    = 30 * time.Second      // a batch's write gives up after this
-	ledgerRetries    = 3                     // attempts of a batch that hit a deadlock
-	ledgerWhat       = "mock ledger"         // context of its errors
-	ledgerDeadlock   = pq.ErrorCode("40P01") // deadlock_detected
-	ledgerSerialize  = pq.ErrorCode("40001") // serialization_failure
+	ledgerMaxBatch   = 500              // calls written by one statement at most
+	ledgerMaxFlushes = 2                // batches being written at once, per ledger
+	ledgerTimeout    = 30 * time.Second // a batch's write gives up after this
+	ledgerRetries    = 3                // attempts of a batch that hit a deadlock
+	ledgerWhat       = "mock ledger"    // context of its errors
 )
 
 // PostgresLedger keeps the mock provider's deliveries in the mock_deliveries
@@ -204,9 +201,7 @@ func (l *PostgresLedger) write(calls []ledgerCall) ([]bool, error) {
 	var err error
 	for attempt := 1; ; attempt++ {
 		before, err = l.exec(ctx, keys, deliver, content, total, fresh)
-		var pe *pq.Error
-		if err == nil || attempt == ledgerRetries || !errors.As(err, &pe) ||
-			(pe.Code != ledgerDeadlock && pe.Code != ledgerSerialize) {
+		if err == nil || attempt == ledgerRetries || !postgres.IsConflict(err) {
 			break
 		}
 	}
