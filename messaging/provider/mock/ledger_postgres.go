@@ -38,6 +38,7 @@ const (
 // written: the ledger holds no goroutine while idle and needs no Close.
 type PostgresLedger struct {
 	db       *sqlx.DB
+	stmts    *postgres.Statements // ledgerSQL, prepared once per connection
 	maxBatch int
 	slots    chan struct{} // one token per batch being written
 
@@ -49,7 +50,8 @@ type PostgresLedger struct {
 
 // NewPostgresLedger returns a ledger over db.
 func NewPostgresLedger(db *sqlx.DB) *PostgresLedger {
-	return &PostgresLedger{db: db, maxBatch: ledgerMaxBatch, slots: make(chan struct{}, ledgerMaxFlushes)}
+	return &PostgresLedger{db: db, stmts: postgres.NewStatements(db), maxBatch: ledgerMaxBatch,
+		slots: make(chan struct{}, ledgerMaxFlushes)}
 }
 
 // ledgerCall is one Seen (deliver false) or Deliver call.
@@ -228,7 +230,11 @@ func (l *PostgresLedger) write(calls []ledgerCall) ([]bool, error) {
 func (l *PostgresLedger) exec(ctx context.Context, keys []int64, deliver []bool, content []string,
 	total, fresh []int32) (map[int64]bool, error) {
 	l.statements.Add(1)
-	rows, err := l.db.QueryContext(ctx, ledgerSQL, pq.Array(keys), pq.Array(deliver), pq.Array(content),
+	st, err := l.stmts.Get(ctx, ledgerSQL)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := st.QueryContext(ctx, pq.Array(keys), pq.Array(deliver), pq.Array(content),
 		pq.Array(total), pq.Array(fresh))
 	if err != nil {
 		return nil, err
