@@ -211,7 +211,8 @@ func (a *App) wire() error {
 	cfg := a.cfg
 	a.authn = auth.NewAuthenticator(auth.NewStore(a.db), cfg.Auth.CacheTTL)
 	a.keys = auth.NewService(auth.NewStore(a.db), a.authn, a.log.With("component", "auth"))
-	a.customers = customer.NewService(customer.NewRepo(a.db), cfg.Customers.DefaultRegion)
+	a.customers = customer.NewService(customer.NewRepo(a.db), cfg.Customers.DefaultRegion).
+		WithLogger(a.log.With("component", "customers"))
 
 	jobs := queue.New(a.rdb, cfg.Redis.KeyPrefix, cfg.Queue.Name)
 	// Outbound webhooks: features write events in their own transactions

@@ -77,8 +77,27 @@ func (s *Service) Import(ctx context.Context, rows iter.Seq2[ImportRow, error]) 
 	if err := w.tx.commit(); err != nil { // no row is bad, so every batch was inserted
 		return ImportResult{}, err
 	}
+	if imp.rows >= analyzeAfterImport {
+		// Committed: a failure here is logged, not the import's.
+		if err := s.repo.analyze(ctx); err != nil {
+			s.log.Warn("customers imported, but their planner statistics were not refreshed; "+
+				"audience sends may plan poorly until autovacuum analyses the table", "rows", imp.rows, "err", err)
+		}
+	}
 	return ImportResult{Imported: imp.rows}, nil
 }
+
+// analyzeAfterImport is the import size from which Import refreshes the
+// planner's statistics on customers before it answers. An audience send
+// reads customers in id order a chunk at a time; without statistics
+// PostgreSQL estimates a chunk's id range at a few rows and reads every
+// customer in the range, then sorts them, for each chunk: 480 ms instead of
+// 1.3 ms per 5,000-customer chunk of a 1,000,000-customer table, so a send
+// right after a large import would take minutes instead of seconds, until
+// autovacuum got to the table (a minute or more after the import, if it
+// runs at all). ANALYZE samples a fixed number of rows: about 0.15 s at a
+// million customers.
+const analyzeAfterImport = 10_000
 
 // importer validates an import's rows, batch by batch, in import order.
 type importer struct {

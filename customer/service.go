@@ -3,6 +3,7 @@ package customer
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
 
 	"github.com/campaignd/dispatch/platform/channel"
@@ -13,7 +14,8 @@ import (
 type Service struct {
 	repo   *Repo
 	region string
-	erase  erasure // what Erase needs; set by WithEraser (erase.go)
+	erase  erasure      // what Erase needs; set by WithEraser (erase.go)
+	log    *slog.Logger // set by WithLogger; slog.Default() otherwise
 }
 
 // NewService returns a Service storing through repo. defaultRegion (a
@@ -22,7 +24,14 @@ type Service struct {
 // error here, but every such phone is then rejected as invalid; check
 // configuration with ValidRegion.
 func NewService(repo *Repo, defaultRegion string) *Service {
-	return &Service{repo: repo, region: strings.ToUpper(strings.TrimSpace(defaultRegion))}
+	return &Service{repo: repo, region: strings.ToUpper(strings.TrimSpace(defaultRegion)), log: slog.Default()}
+}
+
+// WithLogger sets the logger of what the service does on its own (see
+// Import) and returns s.
+func (s *Service) WithLogger(log *slog.Logger) *Service {
+	s.log = log
+	return s
 }
 
 // Get returns the customer with id, or an error matching ErrNotFound.
