@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -24,19 +25,21 @@ import (
 // HTTP client with an API key: authentication, rate limiting and logging
 // included, no response validation.
 //
-// Each client reads every READS_BENCH_INTERVAL_MS (default 100: ten reads a
-// second each, 1,000 a second in all, a dashboard polling ten times faster
-// than ours does), or, when a read takes longer, at once after it. 0 reads
-// back to back: then the clients measure how many reads the machine has
-// left while it delivers, and the latencies are 100 / that rate.
+// The clients read in phases, one per interval of READS_BENCH_INTERVAL_MS
+// (comma-separated milliseconds; default "1000,100"), each phase's figures
+// prefixed with its interval: every 1,000 ms is how often the dashboard
+// polls a campaign (100 reads a second in all), every 100 ms ten times that
+// (1,000 a second). A client whose read takes longer than the interval reads
+// again at once. 0 reads back to back: the clients then measure how many
+// reads the machine has left while it delivers, and the latencies are 100 /
+// that rate.
 //
 // READS_BENCH_N sets the big campaign's size (default 1,000,000) and
-// READS_BENCH_SECONDS the reading time (default 15).
+// READS_BENCH_SECONDS each phase's reading time (default 15).
 func BenchmarkReadsUnderLoad(b *testing.B) {
 	n := envInt(b, "READS_BENCH_N", 1_000_000)
 	seconds := envInt(b, "READS_BENCH_SECONDS", 15)
-	interval := time.Duration(envIntOrZero(b, "READS_BENCH_INTERVAL_MS", 100)) * time.Millisecond
-	const clients = 100
+	intervals := envIntervals(b, "READS_BENCH_INTERVAL_MS", []time.Duration{time.Second, 100 * time.Millisecond})
 	const small = 10_000
 
 	cfg := benchConfig(b)
@@ -74,35 +77,70 @@ INSERT INTO campaigns (name, channel, base_template) SELECT 'filler ' || g, 'sms
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	before := ba.stats(b, bigID).Stats
-	if before.Pending+before.Sending == 0 {
+	if s := ba.stats(b, bigID).Stats; s.Pending+s.Sending == 0 {
 		b.Fatalf("campaign %d finished before the reads began: make READS_BENCH_N larger", bigID)
 	}
 
-	kinds := []struct {
-		name, path string
-	}{
+	kinds := []readKind{
 		{"detail_1M", fmt.Sprintf("/campaigns/%d", bigID)},
 		{"detail_10k", fmt.Sprintf("/campaigns/%d", smallID)},
 		{"list", "/campaigns?page_size=50"},
 		{"list_sending", "/campaigns?status=sending&page_size=50"},
 	}
-	client := &http.Client{Transport: keyTransport{key: testAPIKey, next: &http.Transport{MaxIdleConnsPerHost: clients}}}
+	client := &http.Client{Transport: keyTransport{key: testAPIKey, next: &http.Transport{MaxIdleConnsPerHost: readClients}}}
+	b.ResetTimer()
+	for _, interval := range intervals {
+		// One phase per interval, one after the other on the same delivering
+		// campaign; each phase's figures are prefixed with its interval.
+		prefix := fmt.Sprintf("every%dms_", interval.Milliseconds())
+		before := ba.stats(b, bigID).Stats
+		errors, total := readPhase(b, client, ba.base, kinds, interval, seconds, prefix)
+		after := ba.stats(b, bigID).Stats
+		if errors > 0 {
+			b.Errorf("every %v: %d of %d reads failed", interval, errors, total)
+		}
+		if after.Pending+after.Sending == 0 {
+			b.Errorf("campaign %d finished during the reads every %v: make READS_BENCH_N larger", bigID, interval)
+		}
+		delivered := (after.Sent + after.Failed) - (before.Sent + before.Failed)
+		b.ReportMetric(float64(delivered)/float64(seconds), prefix+"delivered/s_during_reads")
+		b.ReportMetric(float64(delivered)/float64(seconds)/(float64(cfg.WorkerConcurrency)/meanMockLatency.Seconds()),
+			prefix+"delivery_ratio_during_reads")
+	}
+	b.StopTimer()
+	b.ReportMetric(loadAvg(), "loadavg")
+	// Stop the rest of the delivery: the campaign has served its purpose.
+	if code := ba.do(b, "POST", fmt.Sprintf("/campaigns/%d/cancel", bigID), nil, nil); code != http.StatusOK {
+		b.Errorf("cancel campaign %d: status %d", bigID, code)
+	}
+}
+
+// readClients is how many clients read at once in BenchmarkReadsUnderLoad.
+const readClients = 100
+
+// readKind is one of the reads BenchmarkReadsUnderLoad times.
+type readKind struct{ name, path string }
+
+// readPhase runs readClients clients for seconds, each reading the kinds in
+// turn every interval (back to back with 0), reports each kind's p50, p99
+// and max with prefix, and returns how many reads failed of how many.
+func readPhase(b *testing.B, client *http.Client, base string, kinds []readKind, interval time.Duration,
+	seconds int, prefix string) (errors, total int) {
+	b.Helper()
 	type sample struct {
 		kind int
 		d    time.Duration
 		err  bool
 	}
-	results := make([][]sample, clients)
-	b.ResetTimer()
+	results := make([][]sample, readClients)
 	stop := time.Now().Add(time.Duration(seconds) * time.Second)
 	var wg sync.WaitGroup
-	for c := range clients {
+	for c := range readClients {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			// Clients start spread over one interval, not all at once.
-			next := time.Now().Add(interval * time.Duration(c) / clients)
+			next := time.Now().Add(interval * time.Duration(c) / readClients)
 			for i := c; time.Now().Before(stop); i++ {
 				if wait := time.Until(next); wait > 0 {
 					time.Sleep(wait)
@@ -110,7 +148,7 @@ INSERT INTO campaigns (name, channel, base_template) SELECT 'filler ' || g, 'sms
 				next = time.Now().Add(interval)
 				k := i % len(kinds)
 				start := time.Now()
-				resp, err := client.Get(ba.base + kinds[k].path)
+				resp, err := client.Get(base + kinds[k].path)
 				failed := err != nil
 				if err == nil {
 					_, _ = io.Copy(io.Discard, resp.Body)
@@ -122,11 +160,8 @@ INSERT INTO campaigns (name, channel, base_template) SELECT 'filler ' || g, 'sms
 		}()
 	}
 	wg.Wait()
-	b.StopTimer()
-	after := ba.stats(b, bigID).Stats
 
 	byKind := make([][]time.Duration, len(kinds))
-	errors, total := 0, 0
 	for _, rs := range results {
 		for _, s := range rs {
 			total++
@@ -143,33 +178,35 @@ INSERT INTO campaigns (name, channel, base_template) SELECT 'filler ' || g, 'sms
 			continue
 		}
 		slices.Sort(ds)
-		b.ReportMetric(ms(ds[len(ds)/2]), kinds[k].name+"_p50_ms")
-		b.ReportMetric(ms(ds[len(ds)*99/100]), kinds[k].name+"_p99_ms")
-		b.ReportMetric(ms(ds[len(ds)-1]), kinds[k].name+"_max_ms")
+		b.ReportMetric(ms(ds[len(ds)/2]), prefix+kinds[k].name+"_p50_ms")
+		b.ReportMetric(ms(ds[len(ds)*99/100]), prefix+kinds[k].name+"_p99_ms")
+		b.ReportMetric(ms(ds[len(ds)-1]), prefix+kinds[k].name+"_max_ms")
 	}
-	b.ReportMetric(float64(total)/float64(seconds), "reads/s")
+	b.ReportMetric(float64(total)/float64(seconds), prefix+"reads/s")
 	if interval > 0 {
-		b.ReportMetric(float64(clients)/interval.Seconds(), "offered_reads/s")
+		b.ReportMetric(float64(readClients)/interval.Seconds(), prefix+"offered_reads/s")
 	}
-	b.ReportMetric(float64(errors), "errors")
-	delivered := (after.Sent + after.Failed) - (before.Sent + before.Failed)
-	b.ReportMetric(float64(delivered)/float64(seconds), "delivered/s_during_reads")
-	b.ReportMetric(float64(delivered)/float64(seconds)/(float64(cfg.WorkerConcurrency)/meanMockLatency.Seconds()), "delivery_ratio_during_reads")
-	b.ReportMetric(loadAvg(), "loadavg")
-	if errors > 0 {
-		b.Errorf("%d of %d reads failed", errors, total)
-	}
-	// Stop the rest of the delivery: the campaign has served its purpose.
-	ba.do(b, "POST", fmt.Sprintf("/campaigns/%d/cancel", bigID), nil, nil)
+	b.ReportMetric(float64(errors), prefix+"errors")
+	return errors, total
 }
 
-// envIntOrZero reads a non-negative integer from the environment, or def.
-func envIntOrZero(b *testing.B, key string, def int) int {
+// envIntervals reads a comma-separated list of intervals in milliseconds
+// (0 allowed: back to back) from the environment, or def.
+func envIntervals(b *testing.B, key string, def []time.Duration) []time.Duration {
 	b.Helper()
-	if os.Getenv(key) == "0" {
-		return 0
+	v := os.Getenv(key)
+	if v == "" {
+		return def
 	}
-	return envInt(b, key, def)
+	var out []time.Duration
+	for _, f := range strings.Split(v, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 0 {
+			b.Fatalf("%s=%q: want milliseconds, comma-separated", key, v)
+		}
+		out = append(out, time.Duration(n)*time.Millisecond)
+	}
+	return out
 }
 
 // envInt reads a positive integer from the environment, or def.

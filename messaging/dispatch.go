@@ -267,15 +267,24 @@ WHERE id = $1`, b.ID, n); err != nil {
 		}
 		total += n
 	}
-	res, err := tx.ExecContext(ctx, `
-UPDATE outbound_messages SET status = 'cancelled', last_error = 'campaign cancelled', updated_at = now()
-WHERE campaign_id = $1 AND status = 'pending'`, campaignID)
+	res, err := tx.ExecContext(ctx, cancelPendingSQL, campaignID)
 	if err != nil {
 		return 0, postgres.Classify(err, "cancel pending messages")
 	}
 	pending, err := res.RowsAffected()
 	return total + pending, postgres.Classify(err, "cancel pending messages")
 }
+
+// cancelPendingSQL cancels the campaign's pending messages, locking them in
+// id order first. Claims lock theirs in id order too (claimSQL's cand), so
+// the two cannot deadlock: one of them waits for the other. A single
+// UPDATE locked the rows in the order it scanned them, and cancelling a
+// 1,000,000-message campaign during delivery deadlocked (40P01) with the
+// claims on every try.
+const cancelPendingSQL = `
+UPDATE outbound_messages SET status = 'cancelled', last_error = 'campaign cancelled', updated_at = now()
+WHERE id IN (SELECT id FROM outbound_messages WHERE campaign_id = $1 AND status = 'pending' ORDER BY id FOR UPDATE)
+  AND status = 'pending'`
 
 // ResetFailed gives the campaign's failed messages fresh attempts, inside
 // tx: pending, retry_count 0, no backoff. It records a dispatch batch and

@@ -71,6 +71,10 @@ type Batch struct {
 // each 100-row claim then read the whole backlog, so a campaign's claims
 // cost O(n²). As a CASE the predicate is not provable and the claim reads
 // the batch's ids through the primary key only. Keep it so when changing it.
+//
+// The update takes its rows in id order (cand is ordered, and the update
+// joins each cand row to its message in turn), as a campaign's cancel does,
+// so a claim and a cancel over the same pending messages cannot deadlock.
 const claimSQL = `
 WITH cand AS (
     SELECT m.id, m.campaign_id, k.channel, m.status AS was, m.attempts, m.updated_at AS last_touch,
@@ -82,6 +86,7 @@ WITH cand AS (
     JOIN campaigns k ON k.id = m.campaign_id
     LEFT JOIN customer_opt_outs o ON o.customer_id = m.customer_id AND o.channel = k.channel
     WHERE m.id = ANY($1::bigint[]) AND k.status IN ('sending', 'cancelled') AND NOT m.test
+    ORDER BY m.id -- upd locks in this order: see cancelPendingSQL
 ), upd AS (
     -- One pass claims the batch: a message to deliver moves to sending; one
     -- whose customer opted out after the send, or whose campaign was
