@@ -64,8 +64,8 @@ type Batch struct {
 // The guard is written as a CASE on purpose. Written as
 // (status = 'pending' AND ...) OR (status = 'sending' AND ...) it implies
 // the predicate of the partial indexes on active messages
-// (status IN ('pending', 'sending'): outbound_messages_active_idx and
-// outbound_messages_campaign_active_idx), and PostgreSQL, with no statistics
+// (status IN ('pending', 'sending'): outbound_messages_campaign_active_idx),
+// and PostgreSQL, with no statistics
 // yet on a freshly filled table, ANDs a scan of such a whole index (every
 // active message, and every dead entry of one) with the primary-key lookup:
 // each 100-row claim then read the whole backlog, so a campaign's claims
@@ -392,12 +392,12 @@ LIMIT $2`, afterID, limit)
 }
 
 // UnqueuePending marks every pending message unqueued, after Redis lost the
-// queue: the feeder queues them again. The scan uses the partial index on
-// active messages.
+// queue: the feeder queues them again. The scan reads the partial index of
+// queued messages (outbound_messages_queued_idx).
 func (r *Repo) UnqueuePending(ctx context.Context) (int64, error) {
 	res, err := r.db.ExecContext(ctx, `
 UPDATE outbound_messages SET queued_at = NULL
-WHERE status = 'pending' AND queued_at IS NOT NULL`)
+WHERE status = 'pending' AND queued_at IS NOT NULL AND NOT test`)
 	if err != nil {
 		return 0, postgres.Classify(err, "unqueue pending messages")
 	}
@@ -409,23 +409,48 @@ WHERE status = 'pending' AND queued_at IS NOT NULL`)
 // (a sending one, long past any lease, goes back to pending), so the feeder
 // queues them again; the touch keeps the next sweep from taking them again
 // at once. Pending messages never queued are not stale: they wait their turn.
+// It looks at messages being delivered first, then at queued ones, each
+// through its own partial index (00017), so its cost follows the messages in
+// flight, not a campaign's backlog.
 func (r *Repo) UnqueueStale(ctx context.Context, cutoff time.Time, limit int) (int64, error) {
-	res, err := r.db.ExecContext(ctx, `
+	var total int64
+	for _, q := range []string{unqueueStaleSendingSQL, unqueueStaleQueuedSQL} {
+		if total >= int64(limit) {
+			break
+		}
+		res, err := r.db.ExecContext(ctx, q, cutoff, int64(limit)-total)
+		if err != nil {
+			return total, postgres.Classify(err, "unqueue stale messages")
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return total, postgres.Classify(err, "unqueue stale messages")
+		}
+		total += n
+	}
+	return total, nil
+}
+
+// unqueueStaleSQL is UnqueueStale's statement for the messages that where
+// selects, oldest first by order (outbound_messages_sending_idx or
+// outbound_messages_queued_idx).
+func unqueueStaleSQL(where, order string) string {
+	return `
 UPDATE outbound_messages SET updated_at = now(), status = 'pending', queued_at = NULL
 WHERE id IN (
     SELECT id FROM outbound_messages
-    WHERE status IN ('pending', 'sending') AND updated_at < $1 AND NOT test
-      AND (status = 'sending' OR queued_at < $1)
+    WHERE ` + where + ` AND updated_at < $1 AND NOT test
       AND (next_attempt_at IS NULL OR next_attempt_at < $1)
-    ORDER BY updated_at
+    ORDER BY ` + order + `
     LIMIT $2
     FOR UPDATE SKIP LOCKED)
-  AND status IN ('pending', 'sending')`, cutoff, limit)
-	if err != nil {
-		return 0, postgres.Classify(err, "unqueue stale messages")
-	}
-	return res.RowsAffected()
+  AND status IN ('pending', 'sending')`
 }
+
+var (
+	unqueueStaleSendingSQL = unqueueStaleSQL("status = 'sending'", "updated_at")
+	unqueueStaleQueuedSQL  = unqueueStaleSQL("status = 'pending' AND queued_at < $1", "queued_at")
+)
 
 func pgInterval(d time.Duration) string {
 	return fmt.Sprintf("%d milliseconds", d.Milliseconds())
