@@ -125,8 +125,9 @@ func (s *Service) Resume(ctx context.Context, id int64) (ActionResult, error) {
 // draft | scheduled | sending | paused → cancelled.
 func (s *Service) Cancel(ctx context.Context, id int64) (ActionResult, error) {
 	var n int64
-	// Retried on a deadlock: the cancel changes every pending message,
-	// while claims change some of them in another order.
+	// Retried if PostgreSQL aborts it to break a deadlock: it changes every
+	// pending message while the workers claim some of them (both lock in id
+	// order, see messaging's cancelPendingSQL, so this is a safety net).
 	err := postgres.InTxRetrying(ctx, s.repo.db, func(tx *sqlx.Tx) error {
 		if _, err := s.repo.transition(ctx, tx, id, ErrInvalidTransition, "cancel",
 			StatusDraft, StatusScheduled, StatusSending, StatusPaused); err != nil {

@@ -302,8 +302,9 @@ WHERE id = $1`,
 // are all final walks the active-messages index, whose entries for a
 // campaign in flight are mostly dead versions until vacuum (1.5 million,
 // 55-73 ms, for a 1,000,000-message campaign half delivered), and it runs
-// every sweeper.finish_interval. The CASE keeps PostgreSQL from turning the NOT EXISTS into
-// a join that reads before the counters are checked. Counters that showed
+// every sweeper.finish_interval. The CASE keeps PostgreSQL from turning the
+// NOT EXISTS into a join that reads before the counters are checked.
+// Counters that showed
 // none active while some are would not finish a campaign early: the
 // messages are still checked. Counters that showed some active while none
 // are would hold it open until `dispatch stats rebuild` corrects them.
