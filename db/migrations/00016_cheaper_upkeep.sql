@@ -8,8 +8,9 @@
 --    outbound_messages calls both, the claim and the recorder once per
 --    batch: 221-233 us per call, against 71 us for the same body in
 --    PL/pgSQL, whose plans are cached per connection (5,000 calls in one
---    session, same machine, same run). A statement with no change to count
---    (the claim finishes nothing) now returns before any statement runs.
+--    session, same machine, same run). Called with no change of that kind
+--    (NULL arrays: the claim finishes no message), each returns before its
+--    INSERT runs.
 --
 -- 2. Test messages in flight get their own index. The sweep that fails
 --    abandoned test sends walked, per campaign, the short 'sending' range of
