@@ -37,8 +37,7 @@ const (
 // has its row. A batch's writer is a goroutine that exits once the batch is
 // written: the ledger holds no goroutine while idle and needs no Close.
 type PostgresLedger struct {
-	db       *sqlx.DB
-	stmts    *postgres.Statements // ledgerSQL, prepared once per connection
+	stmts    *postgres.Statements // ledgerSQL, prepared once per connection of its pool
 	maxBatch int
 	slots    chan struct{} // one token per batch being written
 
@@ -50,7 +49,7 @@ type PostgresLedger struct {
 
 // NewPostgresLedger returns a ledger over db.
 func NewPostgresLedger(db *sqlx.DB) *PostgresLedger {
-	return &PostgresLedger{db: db, stmts: postgres.NewStatements(db), maxBatch: ledgerMaxBatch,
+	return &PostgresLedger{stmts: postgres.NewStatements(db), maxBatch: ledgerMaxBatch,
 		slots: make(chan struct{}, ledgerMaxFlushes)}
 }
 
