@@ -39,7 +39,7 @@ func (s *Service) DispatchDue(ctx context.Context, maxLateness time.Duration) (i
 			created Created
 			found   bool
 		)
-		err := postgres.InTx(ctx, s.repo.db, func(tx *sqlx.Tx) error {
+		err := postgres.InTxRetrying(ctx, s.repo.db, func(tx *sqlx.Tx) error {
 			err := tx.GetContext(ctx, &c, dueSQL)
 			if errors.Is(err, sql.ErrNoRows) {
 				return nil

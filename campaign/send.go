@@ -118,7 +118,7 @@ func (s *Service) Send(ctx context.Context, id int64, in SendInput, key string) 
 		replay  *Replay
 		created Created
 	)
-	err := postgres.InTx(ctx, s.repo.db, func(tx *sqlx.Tx) error {
+	err := postgres.InTxRetrying(ctx, s.repo.db, func(tx *sqlx.Tx) error {
 		if key != "" {
 			// Taking the key first makes a concurrent request with the same
 			// key wait here for this transaction, then replay its answer.

@@ -588,6 +588,71 @@ func TestSendIdempotencyKey(t *testing.T) {
 	})
 }
 
+// TestSendWaitsForErasure: an id send naming a customer whose erasure is
+// under way (its row locked FOR UPDATE, as customer.Erase locks it before
+// deleting it) waits for the erasure, then reports the customer unknown and
+// creates nothing. The send's insert locks the customers it reads FOR KEY
+// SHARE; without that lock (outbound_messages has no foreign key since
+// 00018) it would create a message for a customer who is gone.
+func TestSendWaitsForErasure(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	se := newSendEnv(t)
+	cs := seedCustomers(t, se.db.DB, 3)
+	id := se.insertCampaign(t, "erased", channel.SMS, StatusDraft)
+
+	eraser, err := se.db.BeginTxx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eraser.Rollback()
+	var eraserPID int
+	if err := eraser.GetContext(ctx, &eraserPID, `SELECT pg_backend_pid() FROM customers WHERE id = $1 FOR UPDATE`, cs[1]); err != nil {
+		t.Fatal(err)
+	}
+	sent := make(chan *httptest.ResponseRecorder, 1)
+	go func() { sent <- se.send(id, sendBody(t, cs), "") }()
+
+	// Wait until the send is blocked by the eraser.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var blocked int
+		if err := se.db.GetContext(ctx, &blocked,
+			`SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY (pg_blocking_pids(pid))`, eraserPID); err != nil {
+			t.Fatal(err)
+		}
+		if blocked > 0 {
+			break
+		}
+		select {
+		case rec := <-sent:
+			t.Fatalf("the send did not wait for the erasure: %d %s", rec.Code, rec.Body)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the send never waited for the customer being erased")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := eraser.ExecContext(ctx, `DELETE FROM customers WHERE id = $1`, cs[1]); err != nil {
+		t.Fatal(err)
+	}
+	if err := eraser.Commit(); err != nil {
+		t.Fatal(err)
+	}
+
+	env := wantError(t, <-sent, http.StatusUnprocessableEntity, "UNKNOWN_CUSTOMERS", "")
+	if got, _ := json.Marshal(env.Details["missing_ids"]); string(got) != fmt.Sprintf("[%d]", cs[1]) {
+		t.Errorf("details.missing_ids = %s, want [%d]", got, cs[1])
+	}
+	if n := se.countMessages(t); n != 0 {
+		t.Errorf("%d messages created, want none", n)
+	}
+	if st := se.campaignStatus(t, id); st != StatusDraft {
+		t.Errorf("campaign %s, want still draft", st)
+	}
+}
+
 func TestSendUnknownCustomers(t *testing.T) {
 	t.Parallel()
 	se := newSendEnv(t)

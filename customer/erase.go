@@ -98,9 +98,10 @@ type eraseTx struct {
 	id int64
 }
 
-// lockForEraseSQL takes the row lock a deletion takes. A message inserted
-// for the customer (a send, the materialiser) checks its foreign key with a
-// lock that conflicts with it, so it waits, then fails once the row is gone.
+// lockForEraseSQL takes the row lock a deletion takes. A statement that
+// creates messages for the customer (a send, the materialiser) locks the
+// row FOR KEY SHARE, which conflicts with it, so it waits, then finds the
+// row gone (a send reports the id unknown) and creates nothing for it.
 const lockForEraseSQL = `SELECT id FROM customers WHERE id = $1 FOR UPDATE`
 
 // lockForErase starts the transaction that erases customer id, locking the
@@ -124,8 +125,8 @@ func (r *Repo) lockForErase(ctx context.Context, id int64) (*eraseTx, error) {
 }
 
 // deleteSQL removes the customer. Their opt-outs go with them (ON DELETE
-// CASCADE, 00003); their messages stay with customer_id NULL (ON DELETE SET
-// NULL, 00010).
+// CASCADE, 00003); their messages stay with customer_id NULL (the
+// customers_release_messages trigger, 00018).
 const deleteSQL = `DELETE FROM customers WHERE id = $1`
 
 // delete deletes the locked customer and commits.

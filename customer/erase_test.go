@@ -17,7 +17,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/labstack/echo/v4"
-	"github.com/lib/pq"
 
 	"github.com/campaignd/dispatch/platform/auth"
 	"github.com/campaignd/dispatch/platform/channel"
@@ -281,10 +280,14 @@ func TestEraseFailureKeepsCustomer(t *testing.T) {
 	}
 }
 
-// TestEraseHoldsNewMessages: a message created for the customer while their
-// messages are being erased (a send racing the DELETE) waits for the
-// erasure and then fails on the foreign key, instead of being left pending
-// for nobody.
+// TestEraseHoldsNewMessages: a statement creating messages for the customer
+// while their messages are being erased (a send racing the DELETE) locks
+// the customer's row FOR KEY SHARE, as every message-creating statement
+// does (messaging's insertByIDsSQL, materializeChunkSQL; 00018). It waits
+// for the erasure and then finds the customer gone, so it creates nothing
+// for nobody. The message and the customer row also let the test check
+// that the deletion releases the customer's existing messages
+// (customers_release_messages).
 func TestEraseHoldsNewMessages(t *testing.T) {
 	t.Parallel()
 	ee := newEraseEnv(t)
@@ -293,12 +296,19 @@ func TestEraseHoldsNewMessages(t *testing.T) {
 		t.Fatal(err)
 	}
 	k := ee.campaign(t)
+	var earlier int64
+	if err := ee.db.Get(&earlier, `INSERT INTO outbound_messages (campaign_id, customer_id, status) VALUES ($1, $2, 'sent') RETURNING id`,
+		k, cust.ID); err != nil {
+		t.Fatal(err)
+	}
 	inserted := make(chan error, 1)
 	// The comment tells this test's insert from other tests' in pg_stat_activity.
 	tag := "/* erase race " + ee.db.Schema + " */"
 	ee.eraser.during = func(id int64) {
 		go func() { // returns when the insert ends, which Erase's commit or rollback decides
-			_, err := ee.db.Exec(`INSERT INTO outbound_messages (campaign_id, customer_id) VALUES ($1, $2) `+tag, k, id)
+			_, err := ee.db.Exec(`
+WITH known AS (SELECT c.id FROM customers c WHERE c.id = $2 FOR KEY SHARE OF c)
+INSERT INTO outbound_messages (campaign_id, customer_id) SELECT $1, id FROM known `+tag, k, id)
 			inserted <- err
 		}()
 		// Wait until the insert is blocked on the customer's row.
@@ -331,14 +341,16 @@ WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '
 	if rec := ee.request(t, http.MethodDelete, fmt.Sprintf("/customers/%d", cust.ID)); rec.Code != http.StatusNoContent {
 		t.Fatalf("DELETE = %d %s", rec.Code, rec.Body)
 	}
-	err = <-inserted
-	var pe *pq.Error
-	if !errors.As(err, &pe) || pe.Code != "23503" {
-		t.Errorf("insert racing the erasure: %v, want a foreign-key violation", err)
+	if err := <-inserted; err != nil {
+		t.Errorf("insert racing the erasure: %v, want it to find the customer gone and insert nothing", err)
 	}
 	var n int
-	if err := ee.db.Get(&n, `SELECT count(*) FROM outbound_messages`); err != nil || n != 0 {
-		t.Errorf("%d messages (%v), want none", n, err)
+	if err := ee.db.Get(&n, `SELECT count(*) FROM outbound_messages WHERE id <> $1`, earlier); err != nil || n != 0 {
+		t.Errorf("%d messages created during the erasure (%v), want none", n, err)
+	}
+	var ref *int64
+	if err := ee.db.Get(&ref, `SELECT customer_id FROM outbound_messages WHERE id = $1`, earlier); err != nil || ref != nil {
+		t.Errorf("the erased customer's earlier message has customer_id %v (%v), want NULL", ref, err)
 	}
 }
 

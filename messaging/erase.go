@@ -14,7 +14,8 @@ import (
 // first, before it deletes the customer's row: a crash between the two
 // leaves a customer whose messages are already anonymised, never messages
 // still addressed to a customer who is gone. The row's deletion then sets
-// customer_id NULL on every message (ON DELETE SET NULL, 00010).
+// customer_id NULL on every message (the customers_release_messages
+// trigger, 00018; the foreign key's ON DELETE SET NULL before it).
 
 // cancelErasedSQL cancels the customer's messages not yet claimed, with the
 // claim's wording for a message it does not send ("not sent: ..."). Their

@@ -52,11 +52,19 @@ LIMIT 1
 FOR UPDATE SKIP LOCKED`
 
 // The chunk reads customers and customer_opt_outs (the customer feature's)
-// in the statement that writes outbound_messages, as the id send does. The
-// insert returns nothing: only the scan's extent moves the cursor, and a
+// in the statement that writes outbound_messages, as the id send does, and
+// locks what the messages will reference as the id send does (see
+// insertByIDsSQL): the customers FOR KEY SHARE, so an erasure cannot
+// interleave (LIMIT counts the rows left after the lock skipped any
+// deleted meanwhile, so a short chunk still means the range is done), and
+// the campaign FOR KEY SHARE, so it cannot be deleted between
+// campaigns_keep_messages' check and this commit (00018). The insert
+// returns nothing: only the scan's extent moves the cursor, and a
 // RETURNING list would be buffered and counted for every row.
 const materializeChunkSQL = `
-WITH chunk AS (
+WITH campaign AS (
+    SELECT id FROM campaigns WHERE id = $1 FOR KEY SHARE
+), chunk AS (
     SELECT c.id,
            EXISTS (SELECT 1 FROM customer_opt_outs o WHERE o.customer_id = c.id AND o.channel = $2) AS opted_out
     FROM customers c
@@ -65,9 +73,10 @@ WITH chunk AS (
       AND ($6 = '' OR lower(c.preferred_product) = lower($6))
     ORDER BY c.id
     LIMIT $7
+    FOR KEY SHARE OF c
 ), ins AS (
     INSERT INTO outbound_messages (campaign_id, customer_id)
-    SELECT $1, id FROM chunk WHERE NOT opted_out ORDER BY id
+    SELECT k.id, c.id FROM chunk c CROSS JOIN campaign k WHERE NOT c.opted_out ORDER BY c.id
     ON CONFLICT (campaign_id, customer_id) WHERE NOT test DO NOTHING
 )
 SELECT coalesce(max(id), 0) AS last_customer, count(*) AS scanned FROM chunk`

@@ -68,10 +68,11 @@ func NewRetention(db *sqlx.DB, keep time.Duration, log *slog.Logger) *Retention 
 const keeperLockKey = 7_401_013
 
 // keeperLockTimeout bounds the wait for the table locks that DDL on a
-// partitioned table takes (ACCESS EXCLUSIVE on outbound_messages, SHARE ROW
-// EXCLUSIVE on campaigns and customers, which its foreign keys reference):
-// while it waits, every statement on those tables queues behind it, so it
-// gives up quickly and the next run tries again.
+// partitioned table takes (ACCESS EXCLUSIVE on outbound_messages and
+// message_attempts; before 00018 also SHARE ROW EXCLUSIVE on campaigns and
+// customers, which the messages' foreign keys referenced): while it waits,
+// every statement on those tables queues behind it, so it gives up quickly
+// and the next run tries again.
 const keeperLockTimeout = "500ms"
 
 // minRangeWidth is the narrowest range of campaign ids a partition covers.

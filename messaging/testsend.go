@@ -47,12 +47,17 @@ const testMessageColumns = `m.id, m.campaign_id, m.customer_id, m.phone, %s AS c
 // stale one, and the claim leaves test messages alone (NOT m.test in
 // claimSQL; UnqueueStale skips them). This process delivers it and records
 // the outcome; FailAbandonedTests ends it if the process dies first. A
-// phone whose customer opted out of the channel gets no message.
+// phone whose customer opted out of the channel gets no message. The
+// campaign's row is locked FOR KEY SHARE, as every statement that creates
+// messages locks what they reference (00018).
 var insertTestSQL = `
 INSERT INTO outbound_messages AS m (campaign_id, customer_id, test, phone, status, rendered_content, provider, encoding, segments)
-SELECT $1, NULL, true, $2, 'sending', $4, nullif($5, ''), nullif($6, ''), nullif($7::int, 0)
-WHERE NOT EXISTS (SELECT 1 FROM customers c JOIN customer_opt_outs o ON o.customer_id = c.id AND o.channel = $3
+SELECT k.id, NULL, true, $2, 'sending', $4, nullif($5, ''), nullif($6, ''), nullif($7::int, 0)
+FROM campaigns k
+WHERE k.id = $1
+  AND NOT EXISTS (SELECT 1 FROM customers c JOIN customer_opt_outs o ON o.customer_id = c.id AND o.channel = $3
                   WHERE c.phone = $2)
+FOR KEY SHARE OF k
 RETURNING ` + fmt.Sprintf(testMessageColumns, "$3::text")
 
 // abandonedTestError is the last error of a test message whose delivery

@@ -25,6 +25,7 @@ func TestIsConflict(t *testing.T) {
 		{"deadlock", &pq.Error{Code: "40P01"}, true},
 		{"serialization failure", &pq.Error{Code: "40001"}, true},
 		{"deadlock, wrapped by Classify", postgres.Classify(&pq.Error{Code: "40P01"}, "cancel pending messages"), true},
+		{"stale read, wrapped", fmt.Errorf("insert messages: %w", postgres.ErrStaleRead), true},
 		{"unique violation", &pq.Error{Code: "23505"}, false},
 		{"not from PostgreSQL", errors.New("40P01"), false},
 		{"nil", nil, false},

@@ -234,12 +234,21 @@ func Classify(err error, what string) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
+// ErrStaleRead is returned by a transaction's own code when a statement's
+// snapshot missed rows that committed while it ran, so that its answer and
+// a later statement's disagree (an id send's insert found fewer customers
+// than the ids, and the check that followed found them all). Like a
+// serialization failure, running the whole transaction again may well
+// succeed: IsConflict reports it, so InTxRetrying does.
+var ErrStaleRead = errors.New("rows committed while the statement ran were not in its snapshot")
+
 // IsConflict reports whether err is PostgreSQL aborting a transaction to
-// break a deadlock (40P01) or for a serialization failure (40001): the
-// transaction changed nothing, and running it again may well succeed.
+// break a deadlock (40P01) or for a serialization failure (40001), or
+// ErrStaleRead: the transaction changed nothing, and running it again may
+// well succeed.
 func IsConflict(err error) bool {
 	var pe *pq.Error
-	return errors.As(err, &pe) && (pe.Code == "40P01" || pe.Code == "40001")
+	return errors.Is(err, ErrStaleRead) || errors.As(err, &pe) && (pe.Code == "40P01" || pe.Code == "40001")
 }
 
 // conflictAttempts bounds InTxRetrying's runs of one transaction.
