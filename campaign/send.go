@@ -298,16 +298,18 @@ WHERE id = $1`,
 // Finish moves every sending campaign whose messages are all final to sent
 // (at least one sent) or failed (none sent) and returns how many it moved.
 // While a campaign's counters (campaign_stats) show messages pending or
-// sending, it is skipped without reading its messages: the check that they
-// are all final walks the active-messages index, whose entries for a
-// campaign in flight are mostly dead versions until vacuum (1.5 million,
-// 55-73 ms, for a 1,000,000-message campaign half delivered), and it runs
-// every sweeper.finish_interval. The CASE keeps PostgreSQL from turning the
-// NOT EXISTS into a join that reads before the counters are checked.
-// Counters that showed
-// none active while some are would not finish a campaign early: the
-// messages are still checked. Counters that showed some active while none
-// are would hold it open until `dispatch stats rebuild` corrects them.
+// sending, or its audience is still being materialised, it is skipped
+// without reading its messages: the check that they are all final reads
+// every message of the campaign (outbound_messages_campaign_id_idx, since
+// 00019; the index of active messages it walked before held mostly dead
+// versions for a campaign in flight, 55-73 ms a check at a million), and
+// this runs every sweeper.finish_interval. So the check runs about once
+// per campaign, when it is about to finish. The CASE keeps PostgreSQL
+// from turning the NOT EXISTS into a join that reads before the cheap
+// tests. Counters that showed none active while some are would not finish
+// a campaign early: the messages are still checked. Counters that showed
+// some active while none are would hold it open until `dispatch stats
+// rebuild` corrects them.
 // The update is guarded by status = 'sending', so several replicas running
 // it at once finish each campaign exactly once. It reads outbound_messages
 // and dispatch_batches (the messaging feature's tables): a campaign whose
@@ -340,10 +342,10 @@ SET status = CASE WHEN EXISTS (SELECT 1 FROM outbound_messages m WHERE m.campaig
 WHERE k.status = 'sending'
   AND CASE WHEN (SELECT coalesce(sum(s.pending + s.sending), 0) FROM campaign_stats s WHERE s.campaign_id = k.id) > 0
            THEN false
+           WHEN EXISTS (SELECT 1 FROM dispatch_batches b WHERE b.campaign_id = k.id AND b.filter IS NOT NULL)
+           THEN false
            ELSE NOT EXISTS (SELECT 1 FROM outbound_messages m
                             WHERE m.campaign_id = k.id AND m.status IN ('pending', 'sending') AND NOT m.test)
-                AND NOT EXISTS (SELECT 1 FROM dispatch_batches b
-                                WHERE b.campaign_id = k.id AND b.filter IS NOT NULL)
       END
 RETURNING k.id, k.status`
 

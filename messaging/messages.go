@@ -212,7 +212,7 @@ const campaignExistsSQL = `SELECT EXISTS (SELECT 1 FROM campaigns WHERE id = $1)
 //
 // The WHERE clause is built from the filters given, so each shape gets its
 // own plan: (campaign_id, id) walked backwards, or for a status the partial
-// (campaign_id, id) index of active messages (pending, sending) or of those
+// (campaign_id, id) index of messages being delivered (sending) or of those
 // that ended unsent (failed, undelivered, cancelled), and for a phone among
 // non-test messages the (campaign_id, customer_id) unique index. With test=true and a phone, the campaign's messages are
 // scanned and filtered (test sends keep their phone on the message, which

@@ -62,10 +62,11 @@ type Batch struct {
 // because it runs once per batch on the hottest path.
 //
 // The guard is written as a CASE on purpose. Written as
-// (status = 'pending' AND ...) OR (status = 'sending' AND ...) it implies
-// the predicate of the partial indexes on active messages
-// (status IN ('pending', 'sending'): outbound_messages_campaign_active_idx),
-// and PostgreSQL, with no statistics
+// (status = 'pending' AND ...) OR (status = 'sending' AND ...) it implied
+// the predicate of the partial index on active messages
+// (status IN ('pending', 'sending'): outbound_messages_campaign_active_idx,
+// dropped by 00019; the same holds for any such index), and PostgreSQL,
+// with no statistics
 // yet on a freshly filled table, ANDs a scan of such a whole index (every
 // active message, and every dead entry of one) with the primary-key lookup:
 // each 100-row claim then read the whole backlog, so a campaign's claims
