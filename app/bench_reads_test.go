@@ -94,7 +94,11 @@ INSERT INTO campaigns (name, channel, base_template) SELECT 'filler ' || g, 'sms
 		// campaign; each phase's figures are prefixed with its interval.
 		prefix := fmt.Sprintf("every%dms_", interval.Milliseconds())
 		before := ba.stats(b, bigID).Stats
+		poolBefore := ba.App.db.Stats()
 		errors, total := readPhase(b, client, ba.base, kinds, interval, seconds, prefix)
+		poolAfter := ba.App.db.Stats()
+		b.ReportMetric(float64(poolAfter.WaitCount-poolBefore.WaitCount)/float64(seconds), prefix+"pool_waits/s")
+		b.ReportMetric(float64((poolAfter.WaitDuration-poolBefore.WaitDuration).Milliseconds())/float64(max(1, poolAfter.WaitCount-poolBefore.WaitCount)), prefix+"pool_wait_mean_ms")
 		after := ba.stats(b, bigID).Stats
 		if errors > 0 {
 			b.Errorf("every %v: %d of %d reads failed", interval, errors, total)

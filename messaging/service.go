@@ -23,6 +23,10 @@ type Service struct {
 	now   func() time.Time
 	wake  chan struct{} // wakes the materialiser
 	feed  chan struct{} // wakes the feeder
+	// rescan tells this process's feeder to look from every campaign's
+	// first message at its next round: the sweeper unqueued messages that
+	// may lie behind its marks (see feedMark).
+	rescan atomic.Bool
 	// materialized is the batch the materialiser worked last: batches
 	// take turns after it.
 	materialized atomic.Int64
@@ -140,6 +144,7 @@ func (s *Service) Sweep(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("rebuild the queue from postgres: %w", err)
 		}
+		s.rescan.Store(true)
 		s.WakeFeeder()
 		s.log.Info("queue (re)built from postgres: redis held no queue state",
 			"pending_to_feed", unqueued, "sending_pushed", n)
@@ -150,6 +155,7 @@ func (s *Service) Sweep(ctx context.Context) error {
 		return err
 	}
 	if n > 0 {
+		s.rescan.Store(true)
 		s.WakeFeeder()
 		s.log.Warn("queued messages had not moved; the feeder queues them again", "messages", n, "stale_after", s.opts.StaleAfter)
 	}

@@ -84,7 +84,7 @@ func sortedIDs(ids ...int64) []int64 {
 // ready list (sorted).
 func (se *sweepEnv) feedAll(t *testing.T) []int64 {
 	t.Helper()
-	f := &feeder{s: se.svc}
+	f := newFeeder(se.svc)
 	for range 100 {
 		before, _ := se.rdb.LLen(context.Background(), se.queue.Keys().Ready).Result()
 		if _, _, err := f.round(context.Background()); err != nil {
@@ -166,7 +166,7 @@ INSERT INTO outbound_messages (campaign_id, customer_id) SELECT $1, id FROM c`, 
 	if err := se.db.SelectContext(ctx, &want, `SELECT id FROM outbound_messages ORDER BY id`); err != nil {
 		t.Fatal(err)
 	}
-	f := &feeder{s: se.svc}
+	f := newFeeder(se.svc)
 	var fed []int64
 	for rounds := 0; len(fed) < len(want); rounds++ {
 		if rounds > 1000 {
@@ -206,7 +206,7 @@ INSERT INTO outbound_messages (campaign_id, customer_id) SELECT $1, id FROM c`, 
 	paused, pausedIDs := fixture(t, se.db, "Hi", [2]string{"E", ""})
 	se.exec(t, `UPDATE campaigns SET status = 'paused' WHERE id = $1`, paused)
 
-	f := &feeder{s: se.svc}
+	f := newFeeder(se.svc)
 	if _, _, err := f.round(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -221,6 +221,73 @@ INSERT INTO outbound_messages (campaign_id, customer_id) SELECT $1, id FROM c`, 
 	}
 	if int64(len(got)) > f.target() {
 		t.Errorf("ready holds %d, above the target %d", len(got), f.target())
+	}
+}
+
+// TestFeederMark: a feed starts after the last message it fed, so a
+// message unqueued behind that (the stale sweep, a Redis loss) waits for
+// the next rescan, feedRescanInterval later, and is fed then; a campaign
+// that stops sending and sends again (pause, resume) is fed from its first
+// message at once.
+func TestFeederMark(t *testing.T) {
+	t.Parallel()
+	se := newSweepEnv(t, MaintenanceOptions{})
+	ctx := context.Background()
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	se.svc.now = func() time.Time { return now }
+	campaignID, ids := fixture(t, se.db, "Hi", fourCustomers...)
+	f := newFeeder(se.svc)
+	drain := func() []int64 {
+		t.Helper()
+		got := se.ready(t)
+		if err := se.rdb.Del(ctx, se.queue.Keys().Ready).Err(); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	round := func() {
+		t.Helper()
+		if _, _, err := f.round(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	round()
+	if diff := cmp.Diff(sortedIDs(ids...), drain()); diff != "" {
+		t.Fatalf("first round (-want +got):\n%s", diff)
+	}
+	if m := f.marks[campaignID]; m.after != slices.Max(ids) {
+		t.Fatalf("mark after %d, want the last id fed, %d", m.after, slices.Max(ids))
+	}
+
+	unqueue := func() { se.exec(t, `UPDATE outbound_messages SET queued_at = NULL WHERE id = $1`, ids[0]) }
+	unqueue()
+	now = now.Add(feedRescanInterval - time.Second)
+	round()
+	if got := drain(); len(got) != 0 {
+		t.Errorf("before the rescan, fed %v; want nothing (the message is behind the mark)", got)
+	}
+	now = now.Add(time.Second)
+	round()
+	if diff := cmp.Diff([]int64{ids[0]}, drain()); diff != "" {
+		t.Errorf("at the rescan (-want +got):\n%s", diff)
+	}
+
+	// This process's sweeper asks for a rescan at once.
+	unqueue()
+	se.svc.rescan.Store(true)
+	round()
+	if diff := cmp.Diff([]int64{ids[0]}, drain()); diff != "" {
+		t.Errorf("after the sweeper asked for a rescan (-want +got):\n%s", diff)
+	}
+
+	// Paused, its message unqueued as a worker drops it, then resumed.
+	se.exec(t, `UPDATE campaigns SET status = 'paused' WHERE id = $1`, campaignID)
+	unqueue()
+	round()
+	se.exec(t, `UPDATE campaigns SET status = 'sending' WHERE id = $1`, campaignID)
+	round()
+	if diff := cmp.Diff([]int64{ids[0]}, drain()); diff != "" {
+		t.Errorf("after resume, before any rescan is due (-want +got):\n%s", diff)
 	}
 }
 
