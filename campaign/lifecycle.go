@@ -31,11 +31,12 @@ type ActionResult struct {
 // ErrNotSendable, ErrNotEditable) naming action and the current status.
 //
 // Campaign rows are locked FOR NO KEY UPDATE, never FOR UPDATE: that still
-// serialises transitions, but does not block the key-share locks that
-// inserting a campaign's messages takes through the foreign key. With FOR
-// UPDATE, a cancel (campaign row, then the dispatch batch) and the
-// materialiser (batch row, then messages referencing the campaign) would
-// deadlock.
+// serialises transitions, but does not block the key-share lock that the
+// statements creating a campaign's messages take on it (the materialiser,
+// test sends; before 00018, the messages' foreign key). With FOR UPDATE, a
+// cancel (campaign row, then the dispatch batch) and the materialiser
+// (batch row, then the campaign) would deadlock. A DELETE of the campaign
+// still waits for it.
 func (r *Repo) transition(ctx context.Context, tx *sqlx.Tx, id int64, conflict *errs.Error, action string, from ...Status) (Campaign, error) {
 	var c Campaign
 	err := tx.GetContext(ctx, &c, `SELECT `+campaignColumns+` FROM campaigns WHERE id = $1 FOR NO KEY UPDATE`, id)

@@ -257,7 +257,8 @@ func (r *Repo) ListMessages(ctx context.Context, campaignID int64, f MessageFilt
 	}
 	if len(rows) == 0 {
 		// Only an empty page needs the campaign's existence checked: a
-		// message implies its campaign (ON DELETE CASCADE).
+		// message implies its campaign (one with messages cannot be
+		// deleted: campaigns_keep_messages, 00018).
 		if err := r.checkCampaign(ctx, campaignID); err != nil {
 			return MessageList{}, err
 		}

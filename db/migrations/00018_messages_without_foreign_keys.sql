@@ -20,8 +20,9 @@
 --   whichever comes second waits for the other. The key's ON DELETE SET
 --   NULL becomes customers_release_messages, once per DELETE statement.
 -- * campaign_id: messages are created only by a transaction that holds the
---   campaign's row (the send's status change, FOR UPDATE) or locks it FOR
---   KEY SHARE (the materialiser, a test send). The service never deletes a
+--   campaign's row (the send's status change, FOR NO KEY UPDATE, which a
+--   DELETE waits for) or locks it FOR KEY SHARE (the materialiser, a test
+--   send). The service never deletes a
 --   campaign, and a DELETE of one with messages already failed (its
 --   counters' rows, which reference it, are written again as its messages
 --   go); campaigns_keep_messages makes that refusal explicit, with the
