@@ -8,6 +8,7 @@ import (
 
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
+	"github.com/pressly/goose/v3"
 
 	"github.com/campaignd/dispatch/db/migrations"
 	"github.com/campaignd/dispatch/platform/postgres"
@@ -34,15 +35,7 @@ func TestPartitionMigrationMovesMessagesAndGoesBack(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	db, err := postgres.Open(ctx, pgtest.NewDatabase(t), postgres.Options{CreateDatabase: true, MaxOpenConns: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	p, err := migrations.Provider(db.DB)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, p := newMigrationDB(ctx, t)
 	if _, err := p.UpTo(ctx, partitionVersion-1); err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +105,7 @@ WHERE i.inhparent = 'outbound_messages'::regclass
 
 	// The guarantee holds, ids continue from the same sequence, and a new
 	// campaign's messages have a place.
-	_, err = db.Exec(`INSERT INTO outbound_messages (campaign_id, customer_id) VALUES (1, 1)`)
+	_, err := db.Exec(`INSERT INTO outbound_messages (campaign_id, customer_id) VALUES (1, 1)`)
 	if pe, ok := errors.AsType[*pq.Error](err); !ok || pe.Code != "23505" {
 		t.Fatalf("second message for (campaign 1, customer 1): %v, want unique_violation", err)
 	}
@@ -160,6 +153,22 @@ AND conrelid = 'message_attempts'::regclass`); err != nil || fk != 1 {
 	if got := digest(t, db); got != after {
 		t.Fatal("after Up again, the messages or attempts differ")
 	}
+}
+
+// newMigrationDB creates a database of the test's own, with no migration
+// applied, and a goose provider over it.
+func newMigrationDB(ctx context.Context, t *testing.T) (*sqlx.DB, *goose.Provider) {
+	t.Helper()
+	db, err := postgres.Open(ctx, pgtest.NewDatabase(t), postgres.Options{CreateDatabase: true, MaxOpenConns: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	p, err := migrations.Provider(db.DB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return db, p
 }
 
 func mustExec(t *testing.T, db *sqlx.DB, q string, args ...any) {

@@ -7,10 +7,6 @@ import (
 	"time"
 
 	"github.com/lib/pq"
-
-	"github.com/campaignd/dispatch/db/migrations"
-	"github.com/campaignd/dispatch/platform/postgres"
-	"github.com/campaignd/dispatch/platform/postgres/pgtest"
 )
 
 // referencesVersion is 00018_messages_without_foreign_keys.sql.
@@ -25,15 +21,7 @@ func TestMessageReferencesWithoutForeignKeys(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	db, err := postgres.Open(ctx, pgtest.NewDatabase(t), postgres.Options{CreateDatabase: true, MaxOpenConns: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	p, err := migrations.Provider(db.DB)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, p := newMigrationDB(ctx, t)
 	if _, err := p.UpTo(ctx, referencesVersion); err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +42,7 @@ SELECT 1, id, 'sent', 'Hi ' || id FROM customers`)
 		t.Errorf("after deleting 3 of 10 customers: %d messages released, %d still addressed; want 3 and 7", released, kept)
 	}
 
-	_, err = db.Exec(`DELETE FROM campaigns WHERE id = 1`)
+	_, err := db.Exec(`DELETE FROM campaigns WHERE id = 1`)
 	if pe, ok := errors.AsType[*pq.Error](err); !ok || pe.Code != "23503" {
 		t.Errorf("deleting a campaign with messages: %v, want foreign_key_violation", err)
 	}
