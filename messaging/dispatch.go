@@ -113,7 +113,20 @@ VALUES ($1, $2, $3, $4, $5) RETURNING id`, campaignID, c.Messages, f, channel, o
 	return c, postgres.Classify(err, "insert dispatch batch")
 }
 
+// probeCostSQL makes PostgreSQL price an index probe of customers as what
+// it is here, a read of cached pages, for the rest of the send's
+// transaction. At the default random_page_cost (4, a disk seek) it joined
+// 10,000 ids to 100,000 customers by hashing the whole table (22 ms of a
+// 90 ms insert) rather than merging with the primary key (3 ms); the
+// 10,000-id send then cost 1.45-1.6 times its floor instead of about 1.2
+// (BenchmarkSendFloor). 1.1 is the usual setting for SSDs and cached data.
+// For 100,000 ids of 100,000 customers the plan stays the hash join.
+const probeCostSQL = `SET LOCAL random_page_cost = 1.1`
+
 func (s *Service) createByIDs(ctx context.Context, tx *sqlx.Tx, campaignID int64, channel string, ids []int64) (Created, error) {
+	if _, err := tx.ExecContext(ctx, probeCostSQL); err != nil {
+		return Created{}, postgres.Classify(err, "insert messages")
+	}
 	res, err := tx.ExecContext(ctx, insertByIDsSQL, campaignID, channel, pq.Array(ids))
 	if err != nil {
 		return Created{}, postgres.Classify(err, "insert messages")
