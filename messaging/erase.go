@@ -20,7 +20,8 @@ import (
 // cancelErasedSQL cancels the customer's messages not yet claimed, with the
 // claim's wording for a message it does not send ("not sent: ..."). Their
 // ids may still be queued in Redis: the claim finds them final and drops
-// them.
+// them. The messages are locked in id order first, as a campaign's cancel
+// locks its own (cancelPendingSQL), so it cannot deadlock with a claim.
 //
 // Messages in sending are left alone: a worker holds each one and the
 // provider may already have accepted it, so calling it cancelled could be
@@ -31,7 +32,8 @@ import (
 const cancelErasedSQL = `
 UPDATE outbound_messages
 SET status = 'cancelled', last_error = 'not sent: customer erased', updated_at = now()
-WHERE customer_id = $1 AND status = 'pending'`
+WHERE id IN (SELECT id FROM outbound_messages WHERE customer_id = $1 AND status = 'pending' ORDER BY id FOR UPDATE)
+  AND status = 'pending'`
 
 // anonymiseSQL removes the recipient from every message of the customer,
 // whatever its status: the text rendered for them (which may hold their

@@ -280,13 +280,20 @@ func OptOutHook(db *sqlx.DB, customers InboundHandler, log *slog.Logger) func(co
 
 // cancelPendingToPhoneSQL reads the customer by phone (its unique index)
 // and their messages by customer (outbound_messages_customer_idx). The
-// reason is the claim's, word for word.
+// reason is the claim's, word for word. It locks the messages in id order
+// first, as a campaign's cancel does (cancelPendingSQL), so it cannot
+// deadlock with a claim that holds some of them.
 const cancelPendingToPhoneSQL = `
 UPDATE outbound_messages m
-SET status = 'cancelled', last_error = 'not sent: customer opted out of ' || k.channel, updated_at = now()
-FROM campaigns k, customers u
-WHERE k.id = m.campaign_id AND u.id = m.customer_id
-  AND u.phone = $1 AND k.channel = $2 AND m.status = 'pending'`
+SET status = 'cancelled', last_error = 'not sent: customer opted out of ' || $2::text, updated_at = now()
+WHERE m.id IN (
+    SELECT p.id FROM outbound_messages p
+    JOIN campaigns k ON k.id = p.campaign_id
+    JOIN customers u ON u.id = p.customer_id
+    WHERE u.phone = $1 AND k.channel = $2 AND p.status = 'pending'
+    ORDER BY p.id
+    FOR UPDATE OF p)
+  AND m.status = 'pending'`
 
 // CancelPendingToPhone cancels the pending messages to the customer with
 // phone (E.164, as stored) on campaigns of channel ch, and returns how many
