@@ -290,8 +290,7 @@ func (r *Repo) OptIn(ctx context.Context, id int64, ch channel.Channel) error {
 // isUnknownCustomer reports whether err is the foreign-key violation of an
 // opt-out naming a customer that does not exist.
 func isUnknownCustomer(err error) bool {
-	var pe *pq.Error
-	return errors.As(err, &pe) && pe.Code == "23503" && pe.Constraint == optOutCustomerFK
+	return postgres.IsForeignKeyViolation(err) && postgres.ConstraintName(err) == optOutCustomerFK
 }
 
 const phoneOwnersSQL = `SELECT phone, id FROM customers WHERE phone = ANY($1::text[])`
