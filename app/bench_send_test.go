@@ -33,7 +33,10 @@ package app
 //
 // Each iteration creates two draft campaigns (untimed), so both sides insert
 // into a table of the same size and with the same indexes, constraints and
-// foreign keys.
+// triggers. The floor checks nothing: the send also joins its ids to
+// customers and locks them (the 422 for unknown ids, and what keeps an
+// erasure out; see messaging's insertByIDsSQL), which the table's foreign
+// keys did, for the floor too, before migration 00018.
 
 import (
 	"context"
